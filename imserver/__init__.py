@@ -1,0 +1,1 @@
+"""imserver: one Twisted server for five chat, karaoke and IM protocols."""

@@ -1,0 +1,212 @@
+"""
+The composition root: builds store, bus, core services, dialects and sites.
+
+``IMService`` is what ``twistd -n imserver`` runs. ``makeService`` cannot
+wait, so start-up happens in ``startService``, in order:
+
+1. the embedded ``redis-server`` (unless ``--redis``), waited for until it answers;
+2. the :class:`~imserver.store.redis.Store` pool and the bus's pub/sub link;
+3. the core services (:func:`build_core`), each given its real dependencies;
+4. the dialects (:func:`build_dialects`), mounted on one :class:`Router`;
+5. the listening ports, last, so ``/health`` answers only when all is up.
+
+A start-up failure (Redis missing, port taken) is logged as one line and
+stops the process. ``stopService`` undoes it all in reverse order.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+import treq
+from twisted.application import service
+from twisted.internet import defer, endpoints, threads
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from twisted.web import server
+
+from imserver.bus import Bus
+from imserver.config import Config
+from imserver.core.accounts import Accounts
+from imserver.core.limits import Limits
+from imserver.core.presence import Presence
+from imserver.core.sms import HttpSender, LogSender
+from imserver.store.embedded import EmbeddedRedis
+from imserver.store.redis import Store, Subscription
+from imserver.web.ops import OpsApi
+from imserver.web.router import Router, SingleResource
+
+log = Logger()
+
+
+@dataclass
+class Core:
+    """The core services of one process; dialects receive the ones they need."""
+
+    config: Config
+    reactor: object
+    store: Store
+    bus: Bus
+    blocking: object
+    accounts: Accounts
+    limits: Limits
+    presence: Presence
+    extra: dict = field(default_factory=dict)
+
+
+async def build_core(config: Config, reactor, store: Store, bus: Bus, blocking) -> Core:
+    limits = Limits(store, reactor)
+    if config.sms_sender == "http":
+        sms = HttpSender(config.sms_gateway_url, treq)
+    else:
+        sms = LogSender(echo=config.sms_echo)
+    accounts = Accounts(
+        store, reactor, blocking, sms, token_max_age=config.token_max_age,
+        sms_echo=config.sms_echo, argon2_time_cost=config.argon2_time_cost,
+        argon2_memory_cost=config.argon2_memory_cost, limits=limits)
+    presence = Presence(store, reactor, bus.process_id,
+                        heartbeat=min(5.0, config.idle_timeout / 4),
+                        dead_after=config.idle_timeout)
+    core = Core(config=config, reactor=reactor, store=store, bus=bus, blocking=blocking,
+                accounts=accounts, limits=limits, presence=presence)
+    return core
+
+
+def build_dialects(core: Core) -> list:
+    from imserver.dialects.chatroom import ChatroomDialect
+
+    c = core
+    return [
+        ChatroomDialect(config=c.config, accounts=c.accounts, limits=c.limits),
+    ]
+
+
+class QuietSite(server.Site):
+    """An access log without query strings: they may carry tokens."""
+
+    def log(self, request):
+        log.debug("{method} {path} {code}", method=request.method.decode(),
+                  path=request.path.decode("utf-8", "replace"), code=request.code)
+
+
+class IMService(service.MultiService):
+    def __init__(self, config: Config, reactor=None):
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor
+        self.config = config
+        self.reactor = reactor
+        self.embedded: EmbeddedRedis | None = None
+        self.store: Store | None = None
+        self.bus: Bus | None = None
+        self.core: Core | None = None
+        self.dialects: list = []
+        self.router: Router | None = None
+        self.ports: list = []
+        self.dialect_ports: dict[str, object] = {}
+        self.threadpool: ThreadPool | None = None
+        self.ready: defer.Deferred = defer.Deferred()
+        self.failure = None
+
+    def startService(self):
+        super().startService()
+        d = defer.ensureDeferred(self._start())
+        d.addCallbacks(self._started, self._start_failed)
+
+    def _started(self, _):
+        ports = ", ".join(str(p.getHost()) for p in self.ports)
+        log.info("imserver ready on {ports}", ports=ports)
+        self.ready.callback(self)
+
+    def _start_failed(self, failure):
+        self.failure = failure
+        reason = failure.getErrorMessage() or failure.type.__name__
+        log.error("imserver could not start: {reason}", reason=reason)
+        sys.stderr.write(f"imserver: error: could not start: {reason}\n")
+        self.ready.errback(failure)
+        if self.reactor.running and not getattr(self, "_in_test", False):
+            self.reactor.stop()
+
+    async def _start(self) -> None:
+        config, reactor = self.config, self.reactor
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        url = config.redis
+        if not url:
+            self.embedded = EmbeddedRedis(reactor, config.data_dir)
+            await self.embedded.start()
+            url = self.embedded.url
+        self.threadpool = ThreadPool(minthreads=1, maxthreads=4, name="imserver-blocking")
+        self.threadpool.start()
+        pool = self.threadpool
+
+        def blocking(fn, *args, **kw):
+            return threads.deferToThreadPool(reactor, pool, fn, *args, **kw)
+
+        self.store = Store(reactor, url)
+        await self._wait_for_redis()
+        self.bus = Bus(self.store, lambda on_msg, on_re: Subscription(reactor, url, on_msg, on_re))
+        await self.bus.subscription.whenReady()
+        self.core = await build_core(config, reactor, self.store, self.bus, blocking)
+        self.dialects = build_dialects(self.core)
+        self.router = Router()
+        ops = OpsApi(self.store, self.bus, reactor, reactor.seconds())
+        self.router.add_klein(ops.app)
+        for dialect in self.dialects:
+            dialect.mount(self.router)
+        self.core.presence.start()
+        for dialect in self.dialects:
+            dialect.start()
+        site = QuietSite(self.router)
+        site.displayTracebacks = False
+        for ep in config.listen:
+            port = await endpoints.serverFromString(reactor, ep).listen(site)
+            self.ports.append(port)
+        by_name = {d.name: d for d in self.dialects}
+        for name, ep in config.dialect_listen:
+            dialect = by_name.get(name)
+            resource = dialect.websocket_resource() if dialect else None
+            if resource is None:
+                raise RuntimeError(f"dialect {name} has no WebSocket to serve on {ep}")
+            dsite = QuietSite(SingleResource(resource))
+            dsite.displayTracebacks = False
+            self.dialect_ports[name] = await endpoints.serverFromString(reactor, ep).listen(dsite)
+
+    async def _wait_for_redis(self, timeout: float = 20.0) -> None:
+        deadline = self.reactor.seconds() + timeout
+        while True:
+            try:
+                await self.store.ping()
+                return
+            except Exception as e:
+                if self.reactor.seconds() > deadline:
+                    raise RuntimeError(f"Redis at {self.store.url} does not answer ({e})")
+                await deferLater(self.reactor, 0.1, lambda: None)
+
+    async def _stop(self) -> None:
+        for port in self.ports + list(self.dialect_ports.values()):
+            await port.stopListening()
+        self.ports, self.dialect_ports = [], {}
+        for dialect in self.dialects:
+            try:
+                dialect.stop()
+            except Exception:
+                log.failure("stopping dialect {name} failed", name=dialect.name)
+        if self.core is not None:
+            try:
+                await self.core.presence.shutdown()
+            except Exception:
+                log.failure("presence shutdown failed")
+        if self.bus is not None:
+            await self.bus.close()
+        if self.store is not None:
+            await self.store.close()
+        if self.threadpool is not None:
+            self.threadpool.stop()
+        if self.embedded is not None:
+            await self.embedded.stop()
+
+    def stopService(self):
+        super().stopService()
+        return defer.ensureDeferred(self._stop())

@@ -1,0 +1,59 @@
+"""
+The Redis key schema: every key imserver uses is built here, all under ``im:``.
+
+Each area has its own section. Values are strings; hashes hold records.
+"""
+
+PREFIX = "im:"
+
+# -- accounts -------------------------------------------------------------
+def user_seq() -> str:               # INCR -> next user id
+    return "im:user:seq"
+
+def user(uid) -> str:                # hash: phone, username, nickname, avatar, gender,
+    return f"im:user:{uid}"          # profile fields, level, created, pw (argon2 hash)
+
+def phone_index() -> str:            # hash: phone -> user id
+    return "im:idx:phone"
+
+def username_index() -> str:         # hash: lower(username) -> user id
+    return "im:idx:username"
+
+def token(tok_hash) -> str:          # string: user id, with expiry; keyed by sha256(token)
+    return f"im:token:{tok_hash}"
+
+def user_tokens(uid) -> str:         # set of token hashes of a user (revocation)
+    return f"im:user:{uid}:tokens"
+
+def sms_code(phone) -> str:          # hash: hash, attempts, sent; short expiry
+    return f"im:sms:code:{phone}"
+
+def sms_verified(phone) -> str:      # string: time of the last successful verification
+    return f"im:sms:verified:{phone}"
+
+def sms_echo(phone) -> str:          # string: last code, only with --sms-echo
+    return f"im:sms:echo:{phone}"
+
+# -- limits ---------------------------------------------------------------
+def rate(name, key, window_start) -> str:
+    return f"im:rate:{name}:{key}:{window_start}"
+
+# -- presence -------------------------------------------------------------
+def processes() -> str:              # hash: process id -> started
+    return "im:procs"
+
+def process_alive(pid) -> str:       # string with expiry: the process heartbeat
+    return f"im:proc:{pid}:alive"
+
+def process_conns(pid) -> str:       # set of connection ids held by a process
+    return f"im:proc:{pid}:conns"
+
+def conn(conn_id) -> str:            # hash: user_id, dialect, process, since, info (JSON)
+    return f"im:conn:{conn_id}"
+
+def user_conns(uid) -> str:          # set of connection ids of a user
+    return f"im:user:{uid}:conns"
+
+# -- bus ------------------------------------------------------------------
+def bus_channel(topic) -> str:
+    return f"im:bus:{topic}"

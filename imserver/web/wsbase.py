@@ -1,0 +1,78 @@
+"""
+What every WebSocket session of every dialect shares.
+
+:class:`BoundedSession` is a mixin for Autobahn server protocols:
+
+- a connection id from :class:`~imserver.core.presence.Presence`;
+- ``send_wire``: writes an encoded message (a ``PreparedMessage`` from the
+  bus's encode-once path, or text) unless the client has stopped reading:
+  when the bytes queued in the transport pass ``max_queue``, the connection
+  is closed with code 4008 rather than allowed to grow the server's memory;
+- ``deliver(event, wire)``: the bus sink interface, writing the wire as is;
+- topic subscriptions that are dropped when the connection goes;
+- the connections and messages metrics.
+"""
+
+from __future__ import annotations
+
+from imserver import metrics
+
+SLOW_CLIENT_CODE = 4008
+
+
+def queued_bytes(transport) -> int:
+    # twisted's FileDescriptor keeps unsent data in dataBuffer + _tempDataBuffer
+    return (len(getattr(transport, "dataBuffer", b""))
+            + getattr(transport, "_tempDataLen", 0))
+
+
+class BoundedSession:
+    dialect = "?"
+    max_queue = 4 * 1024 * 1024
+    codec = None
+    conn_id: str | None = None
+
+    def session_opened(self, conn_id: str) -> None:
+        self.conn_id = conn_id
+        self.topics: set[str] = set()
+        self._out = metrics.MESSAGES_OUT.labels(self.dialect)
+        metrics.CONNECTIONS.labels(self.dialect).inc()
+        self._counted = True
+
+    def session_closed(self, bus) -> None:
+        for topic in list(getattr(self, "topics", ())):
+            bus.unsubscribe(topic, self)
+        self.topics = set()
+        if getattr(self, "_counted", False):
+            metrics.CONNECTIONS.labels(self.dialect).dec()
+            self._counted = False
+
+    def follow(self, bus, topic: str) -> None:
+        if topic not in self.topics:
+            self.topics.add(topic)
+            bus.subscribe(topic, self)
+
+    def unfollow(self, bus, topic: str) -> None:
+        if topic in self.topics:
+            self.topics.discard(topic)
+            bus.unsubscribe(topic, self)
+
+    def send_wire(self, wire) -> bool:
+        transport = self.transport
+        if transport is None or self.state != self.STATE_OPEN:
+            return False
+        if queued_bytes(transport) > self.max_queue:
+            metrics.SLOW_CLIENTS.labels(self.dialect).inc()
+            self.sendClose(SLOW_CLIENT_CODE, "client too slow: outgoing queue full")
+            return False
+        if isinstance(wire, str):
+            self.sendMessage(wire.encode("utf-8"), isBinary=False)
+        elif isinstance(wire, bytes):
+            self.sendMessage(wire, isBinary=False)
+        else:
+            self.sendPreparedMessage(wire)
+        self._out.inc()
+        return True
+
+    def deliver(self, event, wire) -> None:
+        self.send_wire(wire)
