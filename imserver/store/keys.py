@@ -57,3 +57,10 @@ def user_conns(uid) -> str:          # set of connection ids of a user
 # -- bus ------------------------------------------------------------------
 def bus_channel(topic) -> str:
     return f"im:bus:{topic}"
+
+# -- live -----------------------------------------------------------------
+def live_user(uid) -> str:           # hash: stream, id, play, hls, title, desc (JSON), opened,
+    return f"im:live:user:{uid}"     # state (open|publishing|idle); expires with the publish key
+
+def live_stream(stream) -> str:      # string: owner's user id; expires with the publish key
+    return f"im:live:stream:{stream}"
