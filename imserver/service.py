@@ -32,6 +32,7 @@ from imserver.config import Config
 from imserver.core.accounts import Accounts
 from imserver.core.limits import Limits
 from imserver.core.presence import Presence
+from imserver.core.rooms import Rooms
 from imserver.core.sms import HttpSender, LogSender
 from imserver.store.embedded import EmbeddedRedis
 from imserver.store.redis import Store, Subscription
@@ -53,6 +54,7 @@ class Core:
     accounts: Accounts
     limits: Limits
     presence: Presence
+    rooms: Rooms | None = None        # the one room namespace (000, 002, 003)
     extra: dict = field(default_factory=dict)
 
 
@@ -71,6 +73,8 @@ async def build_core(config: Config, reactor, store: Store, bus: Bus, blocking) 
                         dead_after=config.idle_timeout)
     core = Core(config=config, reactor=reactor, store=store, bus=bus, blocking=blocking,
                 accounts=accounts, limits=limits, presence=presence)
+    core.rooms = Rooms(store, bus, presence, reactor, default_capacity=10,
+                       history_len=config.history_length)
     return core
 
 

@@ -49,6 +49,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from imserver.core.errors import Conflict, Forbidden, InvalidInput, NotFound
+from imserver.store import keys
 from imserver.store.scripts import Script
 
 log = Logger()
@@ -171,38 +172,6 @@ def check_name(name) -> str:
 
 # -- keys (room names are quoted so that "a:conns" cannot collide with a's) --
 
-class rk:
-    """The rooms section of the key schema (to move into imserver.store.keys)."""
-
-    @staticmethod
-    def room_index() -> str:        # zset: room name -> created
-        return "im:rooms"
-
-    @staticmethod
-    def room(q) -> str:             # hash: name, capacity, creator_id, cover, created
-        return f"im:room:{q}"
-
-    @staticmethod
-    def room_conns(q) -> str:       # hash: conn id -> "<occupant>|<JSON member, dialect, t>"
-        return f"im:room:{q}:conns"
-
-    @staticmethod
-    def room_occupants(q) -> str:   # hash: occupant ("u:<uid>"/"g:<conn>") -> references
-        return f"im:room:{q}:occ"
-
-    @staticmethod
-    def room_reservations(q) -> str:  # zset: user id -> expiry (+inf while connected)
-        return f"im:room:{q}:resv"
-
-    @staticmethod
-    def room_log(q) -> str:         # stream: the room's chat, capped
-        return f"im:room:{q}:log"
-
-    @staticmethod
-    def conn_rooms(conn_id) -> str:  # set: rooms a connection is in
-        return f"im:roomsof:{conn_id}"
-
-
 def _q(name: str) -> str:
     return quote(name, safe="")
 
@@ -210,11 +179,11 @@ def _q(name: str) -> str:
 def room_keys(name: str) -> dict[str, str]:
     q = _q(name)
     return {
-        "room": rk.room(q),
-        "conns": rk.room_conns(q),
-        "occ": rk.room_occupants(q),
-        "resv": rk.room_reservations(q),
-        "log": rk.room_log(q),
+        "room": keys.room(q),
+        "conns": keys.room_conns(q),
+        "occ": keys.room_occupants(q),
+        "resv": keys.room_reservations(q),
+        "log": keys.room_log(q),
     }
 
 
@@ -414,7 +383,7 @@ class Rooms:
         cap = self.default_capacity if capacity is None else max(int(capacity), 0)
         k = room_keys(name)
         created = await self.store.eval(
-            CREATE, [k["room"], rk.room_index()],
+            CREATE, [k["room"], keys.room_index()],
             [name, str(cap), "" if creator_id is None else str(creator_id), cover or "",
              repr(self.clock.seconds())])
         room = await self.get(name)
@@ -435,7 +404,7 @@ class Rooms:
 
     async def list(self) -> list[Room]:
         """Every room, oldest first."""
-        names = await self.store.execute("ZRANGE", rk.room_index(), 0, -1) or []
+        names = await self.store.execute("ZRANGE", keys.room_index(), 0, -1) or []
         rooms = await defer.gatherResults(
             [defer.ensureDeferred(self.get(n)) for n in names], consumeErrors=True)
         return [r for r in rooms if r is not None]
@@ -493,8 +462,8 @@ class Rooms:
         now = self.clock.seconds()
         k = room_keys(name)
         status, created, first, population = await self.store.eval(
-            JOIN, [k["room"], rk.room_index(), k["conns"], k["occ"], k["resv"],
-                   rk.conn_rooms(conn_id)],
+            JOIN, [k["room"], keys.room_index(), k["conns"], k["occ"], k["resv"],
+                   keys.conn_rooms(conn_id)],
             [name, conn_id, _entry(member, conn_id, dialect, now), member.occupant(conn_id),
              "1" if create else "0", str(cap),
              "" if member.user_id is None else str(member.user_id), cover or "", repr(now),
@@ -521,7 +490,7 @@ class Rooms:
             return None
         k = room_keys(name)
         reply = await self.store.eval(
-            LEAVE, [k["conns"], k["occ"], k["resv"], rk.conn_rooms(conn_id)],
+            LEAVE, [k["conns"], k["occ"], k["resv"], keys.conn_rooms(conn_id)],
             [name, conn_id, repr(self.clock.seconds()), repr(self.reserve_ttl)])
         if not reply:
             return None
@@ -539,7 +508,7 @@ class Rooms:
             member = await self.leave(name, conn_id, reason)
             if member is not None:
                 left.append((name, member))
-        await self.store.execute("DEL", rk.conn_rooms(conn_id))
+        await self.store.execute("DEL", keys.conn_rooms(conn_id))
         return left
 
     async def rebind(self, name: str, conn_id: str, member: Member, dialect: str, *,
@@ -589,7 +558,7 @@ class Rooms:
         return _parse_entry(entry)[0] if entry else None
 
     async def rooms_of(self, conn_id: str) -> list[str]:
-        return sorted(await self.store.execute("SMEMBERS", rk.conn_rooms(conn_id)) or [])
+        return sorted(await self.store.execute("SMEMBERS", keys.conn_rooms(conn_id)) or [])
 
     # -- chat -----------------------------------------------------------------
 

@@ -58,6 +58,44 @@ def user_conns(uid) -> str:          # set of connection ids of a user
 def bus_channel(topic) -> str:
     return f"im:bus:{topic}"
 
+# -- rooms (imserver.core.rooms; q is the room name, URL-quoted) ------------
+def room_index() -> str:             # zset: room name -> created
+    return "im:rooms"
+
+def room(q) -> str:                  # hash: name, capacity, creator_id, cover, created
+    return f"im:room:{q}"
+
+def room_conns(q) -> str:            # hash: conn id -> "<occupant>|<JSON member, dialect, t>"
+    return f"im:room:{q}:conns"
+
+def room_occupants(q) -> str:        # hash: occupant ("u:<uid>" / "g:<conn>") -> references
+    return f"im:room:{q}:occ"
+
+def room_reservations(q) -> str:     # zset: user id -> expiry (+inf while connected)
+    return f"im:room:{q}:resv"
+
+def room_log(q) -> str:              # stream: the room's chat, capped
+    return f"im:room:{q}:log"
+
+def conn_rooms(conn_id) -> str:      # set: rooms a connection is in
+    return f"im:roomsof:{conn_id}"
+
+# -- catalog (imserver.core.catalog; kind is "videos" or "songs") ------------
+def catalog_seeded() -> str:         # string: set once a catalogue (sample or import) exists
+    return "im:catalog:seeded"
+
+def catalog_current(kind) -> str:    # string: the generation being served
+    return f"im:catalog:{kind}:current"
+
+def catalog_items(kind, gen) -> str:  # hash: id -> JSON entry
+    return f"im:catalog:{kind}:{gen}:items"
+
+def catalog_order(kind, gen) -> str:  # zset: id -> position in the imported file
+    return f"im:catalog:{kind}:{gen}:order"
+
+def catalog_cate(kind, gen, q) -> str:  # zset: id -> position, one category (q: quoted)
+    return f"im:catalog:{kind}:{gen}:cate:{q}"
+
 # -- live -----------------------------------------------------------------
 def live_user(uid) -> str:           # hash: stream, id, play, hls, title, desc (JSON), opened,
     return f"im:live:user:{uid}"     # state (open|publishing|idle); expires with the publish key
