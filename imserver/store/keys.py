@@ -102,3 +102,16 @@ def live_user(uid) -> str:           # hash: stream, id, play, hls, title, desc 
 
 def live_stream(stream) -> str:      # string: owner's user id; expires with the publish key
     return f"im:live:stream:{stream}"
+
+# -- ktv stage (imserver.core.stage; q is the room name, URL-quoted) --------
+def ktv_stage(q) -> str:             # hash: ver, status, start, dur, item (JSON entry)
+    return f"im:ktv:{q}:stage"
+
+def ktv_songs(q) -> str:             # list: the song queue (JSON entries)
+    return f"im:ktv:{q}:songs"
+
+def ktv_musics(q) -> str:            # list: the music queue (JSON entries)
+    return f"im:ktv:{q}:musics"
+
+def ktv_seen(q, marker) -> str:      # string with expiry: a member event already folded in
+    return f"im:ktv:{q}:seen:{marker}"
