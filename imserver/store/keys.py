@@ -96,6 +96,9 @@ def catalog_order(kind, gen) -> str:  # zset: id -> position in the imported fil
 def catalog_cate(kind, gen, q) -> str:  # zset: id -> position, one category (q: quoted)
     return f"im:catalog:{kind}:{gen}:cate:{q}"
 
+def catalog_cates(kind, gen) -> str:  # set: the categories of a generation
+    return f"im:catalog:{kind}:{gen}:cates"
+
 # -- live -----------------------------------------------------------------
 def live_user(uid) -> str:           # hash: stream, id, play, hls, title, desc (JSON), opened,
     return f"im:live:user:{uid}"     # state (open|publishing|idle); expires with the publish key
@@ -115,3 +118,29 @@ def ktv_musics(q) -> str:            # list: the music queue (JSON entries)
 
 def ktv_seen(q, marker) -> str:      # string with expiry: a member event already folded in
     return f"im:ktv:{q}:seen:{marker}"
+
+# -- signal: groups and messages (imserver.core.groups, imserver.core.messages) --
+def group_seq() -> str:              # INCR -> next group id
+    return "im:group:seq"
+
+def group(gid) -> str:               # hash: creator, name, notice, snap, created
+    return f"im:group:{gid}"
+
+def group_members(gid) -> str:       # zset: user id -> join time (ms, Redis clock); join order
+    return f"im:group:{gid}:members"
+
+def group_log(gid) -> str:           # stream: the group's messages, capped by length and age
+    return f"im:group:{gid}:log"
+
+def user_groups(uid) -> str:         # set: ids of the groups a user belongs to
+    return f"im:user:{uid}:groups"
+
+def direct_log(a, b) -> str:         # stream: the direct conversation of two users (ids sorted)
+    lo, hi = sorted((int(a), int(b)))
+    return f"im:dm:{lo}:{hi}"
+
+def user_peers(uid) -> str:          # zset: peer user id -> time (ms) of the last direct message
+    return f"im:user:{uid}:peers"
+
+def user_offline_since(uid) -> str:  # string: Redis time (ms) the user's last connection closed
+    return f"im:user:{uid}:offline"
