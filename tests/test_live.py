@@ -15,13 +15,15 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import pytest_twisted
 import treq
-from twisted.internet import reactor
-from twisted.internet.task import Clock
+from twisted.internet import defer, reactor
+from twisted.internet.task import Clock, deferLater
 from twisted.web import resource, server
 
+from imserver.core.accounts import User
 from imserver.core.live import (
-    LocalProvider, QiniuProvider, StreamProviderError, qiniu_authorization,
+    LiveRooms, LocalProvider, QiniuProvider, StreamProviderError, qiniu_authorization,
 )
+from imserver.store import keys
 
 T0 = 1_700_000_000.0
 
@@ -306,3 +308,214 @@ class QiniuProviderTests:
         fake.base = base
         with pytest.raises(StreamProviderError):
             await qiniu_provider(fake).create("abcd1234", "")
+
+
+# -- LiveRooms on a real Redis ---------------------------------------------------
+
+class Events:
+    """Every event on the listened topics, once the subscription is known to work."""
+
+    def __init__(self, bus):
+        self.bus = bus
+        self.events = []
+
+    async def listen(self, *topics):
+        for topic in topics:
+            self.bus.listen(topic, self.events.append)
+            while not any(e.kind == "test.ready" for e in self.events):
+                await self.bus.publish(topic, "test.ready", {})
+                await deferLater(reactor, 0.02, lambda: None)
+            self.events.clear()
+        return self
+
+    async def wait(self, n, timeout=3.0):
+        deadline = reactor.seconds() + timeout
+        while len(self.events) < n:
+            if reactor.seconds() > deadline:
+                raise AssertionError(f"expected {n} events, got {self.events!r}")
+            await deferLater(reactor, 0.01, lambda: None)
+        return [(e.topic, e.kind) for e in self.events]
+
+    async def quiet(self, within=0.1):
+        before = len(self.events)
+        await deferLater(reactor, within, lambda: None)
+        return len(self.events) == before
+
+
+class RecordingProvider(LocalProvider):
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.created, self.closed = [], []
+
+    async def create(self, stream, title):
+        self.created.append(stream)
+        await deferLater(reactor, 0, lambda: None)   # a real provider waits on the network
+        return await super().create(stream, title)
+
+    async def close(self, stream):
+        self.closed.append(stream)
+
+
+def alice():
+    return User(id=7, phone="13800000007", nickname="alice")
+
+
+@pytest.fixture
+def clock():
+    return clock_at()
+
+
+@pytest.fixture
+def provider(clock):
+    return RecordingProvider("rtmp.example.com", "play.example.com", "http://hls.example.com/hls",
+                             "s3cret", clock, key_ttl=3600)
+
+
+@pytest.fixture
+def live(store, bus, provider, clock):
+    return LiveRooms(store, bus, provider, clock)
+
+
+class LiveRoomsTests:
+    @pytest_twisted.ensureDeferred
+    async def test_open_makes_user_live(self, live, bus, store):
+        """open() returns the description, the user is live with its play URL, live.started is sent."""
+        ev = await Events(bus).listen("user:7")
+        desc = await live.open(alice(), "evening show")
+        assert desc["roomTitle"] == "evening show" and desc["hub"] == "live"
+        assert len(desc["title"]) == 24 and desc["id"] == f"local.live.{desc['title']}"
+        assert await live.is_live(7)
+        assert await live.live_users([7, 8, 9]) == {7: desc["playUrl"]}
+        assert await ev.wait(1) == [("user:7", "live.started")]
+        data = ev.events[0].data
+        assert data["user_id"] == 7 and data["play_url"] == desc["playUrl"]
+        assert data["stream_id"] == desc["id"] and data["title"] == "evening show"
+        # state expires with the publish key
+        ttl = await store.execute("PTTL", keys.live_user(7))
+        assert 0 < ttl <= 3600 * 1000 + 1000
+        assert await store.execute("GET", keys.live_stream(desc["title"])) == "7"
+
+    @pytest_twisted.ensureDeferred
+    async def test_open_twice_returns_same_room(self, live, bus, provider):
+        """A second open() of a live user returns the same stream, no new event."""
+        ev = await Events(bus).listen("user:7")
+        first = await live.open(alice())
+        second = await live.open(alice(), "other title")
+        assert first == second and len(provider.created) == 1
+        await ev.wait(1)
+        assert await ev.quiet()
+
+    @pytest_twisted.ensureDeferred
+    async def test_concurrent_opens_make_one_room(self, live, provider):
+        """Concurrent open() calls of one user end with one room; extra streams are closed."""
+        descs = await defer.gatherResults(
+            [defer.ensureDeferred(live.open(alice())) for _ in range(5)])
+        assert len({d["id"] for d in descs}) == 1
+        kept = descs[0]["title"]
+        assert sorted(provider.closed) == sorted(s for s in provider.created if s != kept)
+
+    @pytest_twisted.ensureDeferred
+    async def test_close(self, live, bus, provider, store):
+        """close() ends the room: not live, live.stopped, stream revoked; a second close is False."""
+        ev = await Events(bus).listen("user:7")
+        desc = await live.open(alice())
+        assert await live.close(alice()) is True
+        assert not await live.is_live(7) and await live.live_users([7]) == {}
+        assert await ev.wait(2) == [("user:7", "live.started"), ("user:7", "live.stopped")]
+        assert ev.events[1].data == {"user_id": 7, "stream": desc["title"], "reason": "closed"}
+        assert provider.closed == [desc["title"]]
+        assert await store.execute("EXISTS", keys.live_stream(desc["title"])) == 0
+        assert await live.close(alice()) is False
+        assert not await live.authorize_publish(desc["title"], {"key": desc["publishKey"]}, "live")
+
+    @pytest_twisted.ensureDeferred
+    async def test_publish_checks_key(self, live, clock, store):
+        """authorize_publish admits only the open room's stream with its unexpired key."""
+        desc = await live.open(alice())
+        stream, key = desc["title"], desc["publishKey"]
+        other = await live.open(User(id=8))
+        assert not await live.authorize_publish(stream, {"key": other["publishKey"]}, "live")
+        assert not await live.authorize_publish(stream, {"key": key}, "elsewhere")
+        assert not await live.authorize_publish("0" * 24, {"key": key}, "live")
+        assert not await live.authorize_publish("../../x", {"key": key})
+        assert not await live.authorize_publish(stream, {})
+        assert await live.authorize_publish(stream, {"key": key}, "live")
+        assert await store.execute("HGET", keys.live_user(7), "state") == "publishing"
+        clock.advance(3600)
+        assert not await live.authorize_publish(stream, {"key": key}, "live")
+
+    @pytest_twisted.ensureDeferred
+    async def test_publish_done_then_republish(self, live, bus):
+        """publish_done makes the user not live; publishing again with the key makes them live again."""
+        ev = await Events(bus).listen("user:7")
+        desc = await live.open(alice())
+        stream, key = desc["title"], {"key": desc["publishKey"]}
+        assert await live.authorize_publish(stream, key, "live")
+        assert not await live.publish_done(stream, {"key": "1-00"}, "live")
+        assert await live.is_live(7)
+        assert await live.publish_done(stream, key, "live")
+        assert not await live.is_live(7)
+        assert await live.authorize_publish(stream, key, "live")
+        assert await live.live_users([7]) == {7: desc["playUrl"]}
+        assert await ev.wait(3) == [("user:7", "live.started"), ("user:7", "live.stopped"),
+                                    ("user:7", "live.started")]
+        assert ev.events[1].data["reason"] == "publish_done"
+
+    @pytest_twisted.ensureDeferred
+    async def test_open_after_publish_done_reuses_room(self, live, provider):
+        """open() on an idle room makes it live again with the same stream."""
+        desc = await live.open(alice())
+        await live.publish_done(desc["title"], {"key": desc["publishKey"]}, "live")
+        assert not await live.is_live(7)
+        assert await live.open(alice()) == desc
+        assert await live.is_live(7) and len(provider.created) == 1
+
+    @pytest_twisted.ensureDeferred
+    async def test_state_expires_with_key(self, live, store):
+        """Without a close, the room's state expires with its publish key."""
+        desc = await live.open(alice())
+        await store.execute("PEXPIRE", keys.live_user(7), 1)
+        await store.execute("PEXPIRE", keys.live_stream(desc["title"]), 1)
+        await deferLater(reactor, 0.05, lambda: None)
+        assert not await live.is_live(7)
+        assert not await live.authorize_publish(desc["title"], {"key": desc["publishKey"]})
+
+    @pytest_twisted.ensureDeferred
+    async def test_live_users_many(self, live):
+        """live_users reports exactly the live ones of many users."""
+        for uid in (1, 3, 5):
+            await live.open(User(id=uid))
+        got = await live.live_users(range(1, 7))
+        assert sorted(got) == [1, 3, 5] and all(u.startswith("rtmp://") for u in got.values())
+        assert await live.live_users([]) == {}
+
+
+class LiveRoomsOnQiniuTests:
+    @pytest_twisted.ensureDeferred
+    async def test_open_and_close_through_api(self, store, bus, pili, clock):
+        """With Qiniu, open() creates the stream by API and close() disables it."""
+        live = LiveRooms(store, bus, qiniu_provider(pili, clock), clock)
+        desc = await live.open(alice(), "show")
+        assert desc["id"] == f"z1.myhub.{desc['title']}" and desc["title"] in pili.streams
+        assert await live.live_users([7]) == {7: desc["playUrl"]}
+        assert await live.close(alice())
+        assert pili.streams[desc["title"]]["disabledTill"] == -1
+
+    @pytest_twisted.ensureDeferred
+    async def test_provider_failure_stores_nothing(self, store, bus, pili, clock):
+        """When the API fails, open() raises StreamProviderError and the user is not live."""
+        pili.fail_with = 500
+        live = LiveRooms(store, bus, qiniu_provider(pili, clock), clock)
+        with pytest.raises(StreamProviderError):
+            await live.open(alice())
+        assert not await live.is_live(7)
+        assert await store.execute("EXISTS", keys.live_user(7)) == 0
+
+    @pytest_twisted.ensureDeferred
+    async def test_close_survives_provider_failure(self, store, bus, pili, clock):
+        """close() ends the room even when the API refuses to disable the stream."""
+        live = LiveRooms(store, bus, qiniu_provider(pili, clock), clock)
+        await live.open(alice())
+        pili.fail_with = 500
+        assert await live.close(alice())
+        assert not await live.is_live(7)

@@ -374,3 +374,194 @@ class QiniuProvider:
             "POST", f"/v2/hubs/{self.hub}/streams/{encoded}/disabled", {"disabledTill": -1})
         if code != 200:
             raise StreamProviderError(f"stream provider refused: {reply.get('error') or code}")
+
+
+# -- the live rooms -----------------------------------------------------------
+
+# KEYS: live_user, live_stream. ARGV: stream ('' = only look), id, play, hls,
+# title, desc, opened, time to live (ms), user id. An existing room is returned as
+# it is (an idle one becomes open again); otherwise the new one is installed.
+# Returns {stream, desc, previous state}; previous state '' means created,
+# and nil means there was no room and nothing to install.
+OPEN = Script("live_open", """
+local cur = redis.call('HGET', KEYS[1], 'stream')
+if cur then
+  local state = redis.call('HGET', KEYS[1], 'state')
+  if state == 'idle' then redis.call('HSET', KEYS[1], 'state', 'open') end
+  return {cur, redis.call('HGET', KEYS[1], 'desc'), state}
+end
+if ARGV[1] == '' then return nil end
+redis.call('HSET', KEYS[1], 'stream', ARGV[1], 'id', ARGV[2], 'play', ARGV[3], 'hls', ARGV[4],
+           'title', ARGV[5], 'desc', ARGV[6], 'opened', ARGV[7], 'state', 'open')
+redis.call('PEXPIRE', KEYS[1], ARGV[8])
+redis.call('SET', KEYS[2], ARGV[9], 'PX', ARGV[8])
+return {ARGV[1], ARGV[6], ''}
+""")
+
+# KEYS: live_user, live_stream. ARGV: stream. Deletes the room if it is still
+# that stream's; returns its last state, or nil.
+CLOSE = Script("live_close", """
+if redis.call('HGET', KEYS[1], 'stream') ~= ARGV[1] then return nil end
+local state = redis.call('HGET', KEYS[1], 'state')
+redis.call('DEL', KEYS[1], KEYS[2])
+return state
+""")
+
+# KEYS: live_user. ARGV: stream, new state. Moves the room of that stream to
+# the new state; returns the previous state, or nil if the room is not (or no
+# longer) that stream's.
+SET_STATE = Script("live_set_state", """
+if redis.call('HGET', KEYS[1], 'stream') ~= ARGV[1] then return nil end
+local state = redis.call('HGET', KEYS[1], 'state')
+redis.call('HSET', KEYS[1], 'state', ARGV[2])
+return state
+""")
+
+# KEYS: live_user of each user. Returns, per key, the play URL when the user
+# is live, else ''.
+LIVE_PLAYS = Script("live_plays", """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local v = redis.call('HMGET', key, 'state', 'play')
+  if v[1] and v[1] ~= 'idle' then out[i] = v[2] or '' else out[i] = '' end
+end
+return out
+""")
+
+LIVE = ("open", "publishing")
+
+
+class LiveRooms:
+    """Users' live rooms on one stream provider; state in Redis, events on
+    ``user:<id>`` (``live.started`` and ``live.stopped``)."""
+
+    def __init__(self, store, bus, provider: StreamProvider, clock):
+        self.store = store
+        self.bus = bus
+        self.provider = provider
+        self.clock = clock
+
+    async def open(self, user, title: str = "") -> dict:
+        """Open (or return the already open) live room of ``user``; returns
+        the stream description of document 001."""
+        uid = user.id
+        title = (title or "").strip()[:200]
+        found = await self.store.eval(OPEN, keys=[keys.live_user(uid)], args=[""])
+        if found:
+            return await self._reopened(uid, found)
+        stream = secrets.token_hex(12)
+        made = await self.provider.create(stream, title)
+        now = self.clock.seconds()
+        result = await self.store.eval(
+            OPEN, keys=[keys.live_user(uid), keys.live_stream(stream)],
+            args=[stream, made.description["id"], made.play_url, made.hls_url, title,
+                  json.dumps(made.description, separators=(",", ":")), repr(now),
+                  str(max(1, int((made.expires_at - now) * 1000))), str(uid)])
+        if result[0] != stream:
+            # another request of this user opened a room meanwhile: keep that one
+            await self._provider_close(stream)
+            return await self._reopened(uid, result)
+        log.info("user {uid} went live on stream {stream}", uid=uid, stream=stream)
+        await self._started(uid, made.description)
+        return made.description
+
+    async def _reopened(self, uid: int, found) -> dict:
+        stream, desc_text, previous = found
+        desc = json.loads(desc_text)
+        if previous == "idle":
+            await self._started(uid, desc)
+        return desc
+
+    async def close(self, user) -> bool:
+        """Close the user's live room; False if there was none."""
+        uid = user.id
+        stream = await self.store.execute("HGET", keys.live_user(uid), "stream")
+        if not stream:
+            return False
+        previous = await self.store.eval(
+            CLOSE, keys=[keys.live_user(uid), keys.live_stream(stream)], args=[stream])
+        if previous is None:
+            return False
+        log.info("user {uid} closed live stream {stream}", uid=uid, stream=stream)
+        if previous in LIVE:
+            await self._stopped(uid, stream, "closed")
+        await self._provider_close(stream)
+        return True
+
+    async def is_live(self, user_id: int) -> bool:
+        return user_id in await self.live_users([user_id])
+
+    async def live_users(self, user_ids) -> dict[int, str]:
+        """Of ``user_ids``, those live now, with their play URL."""
+        ids = [int(u) for u in user_ids]
+        if not ids:
+            return {}
+        plays = await self.store.eval(LIVE_PLAYS, keys=[keys.live_user(u) for u in ids])
+        return {u: p for u, p in zip(ids, plays or []) if p}
+
+    async def room_of(self, user_id: int) -> dict | None:
+        """The stream description of the user's open room (live or idle), or None."""
+        desc = await self.store.execute("HGET", keys.live_user(user_id), "desc")
+        return json.loads(desc) if desc else None
+
+    # -- the RTMP server's callbacks (imserver.web.streamhooks) --
+
+    async def _owner(self, stream: str) -> int | None:
+        if not STREAM_NAME.match(stream or ""):
+            return None
+        owner = await self.store.execute("GET", keys.live_stream(stream))
+        return int(owner) if owner and str(owner).isdigit() else None
+
+    async def authorize_publish(self, stream: str, query: Mapping[str, str],
+                                app: str | None = None) -> bool:
+        """May this publish of ``stream`` go ahead? Only for an open room's
+        stream with a valid, unexpired key; the room becomes ``publishing``
+        (and live again if it was idle)."""
+        uid = await self._owner(stream)
+        if uid is None or not self.provider.check_publish(stream, query, app):
+            return False
+        previous = await self.store.eval(SET_STATE, keys=[keys.live_user(uid)],
+                                         args=[stream, "publishing"])
+        if previous is None:
+            return False
+        if previous == "idle":
+            desc = await self.room_of(uid)
+            if desc is not None:
+                await self._started(uid, desc)
+        return True
+
+    async def publish_done(self, stream: str, query: Mapping[str, str],
+                           app: str | None = None) -> bool:
+        """The publisher of ``stream`` went away: the room stays open (the
+        anchor may publish again with the same key) but is not live."""
+        uid = await self._owner(stream)
+        if uid is None or not self.provider.check_publish(stream, query, app, allow_expired=True):
+            return False
+        previous = await self.store.eval(SET_STATE, keys=[keys.live_user(uid)],
+                                         args=[stream, "idle"])
+        if previous is None:
+            return False
+        if previous in LIVE:
+            await self._stopped(uid, stream, "publish_done")
+        return True
+
+    # -- helpers --
+
+    async def _started(self, uid: int, desc: dict) -> None:
+        await self.bus.publish(f"user:{uid}", "live.started", {
+            "user_id": uid, "stream": desc["title"], "stream_id": desc["id"],
+            "title": desc.get("roomTitle", ""), "play_url": desc["playUrl"],
+            "hls_url": desc["hlsUrl"]})
+
+    async def _stopped(self, uid: int, stream: str, reason: str) -> None:
+        await self.bus.publish(f"user:{uid}", "live.stopped", {
+            "user_id": uid, "stream": stream, "reason": reason})
+
+    async def _provider_close(self, stream: str) -> None:
+        try:
+            await self.provider.close(stream)
+        except Exception as e:
+            # the room is closed here whatever the provider says; its publish
+            # key still expires by itself
+            log.warn("closing stream {stream} at the provider failed: {error!r}",
+                     stream=stream, error=e)
