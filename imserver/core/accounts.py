@@ -264,24 +264,33 @@ class Accounts:
         ttl = max(1, min(ttl, self.token_max_age))
         token = secrets.token_urlsafe(32)
         th = _token_hash(token)
-        await self.store.execute("SET", keys.token(th), user_id, "EX", ttl)
+        expires_at = self.clock.seconds() + ttl
+        # the expiry is checked against our clock; Redis's EX only collects garbage
+        await self.store.execute("SET", keys.token(th), f"{int(user_id)}:{expires_at!r}",
+                                 "EX", ttl + 60)
         await self.store.execute("SADD", keys.user_tokens(user_id), th)
         await self.store.execute("EXPIRE", keys.user_tokens(user_id), self.token_max_age)
-        return Token(token, int(user_id), self.clock.seconds() + ttl)
+        return Token(token, int(user_id), expires_at)
 
     async def user_for_token(self, token) -> User | None:
         if not token or not isinstance(token, str) or len(token) > 200:
             return None
-        uid = await self.store.execute("GET", keys.token(_token_hash(token)))
-        return await self.get(uid) if uid else None
+        value = await self.store.execute("GET", keys.token(_token_hash(token)))
+        if not value:
+            return None
+        uid, _, expires_at = value.partition(":")
+        if self.clock.seconds() >= float(expires_at):
+            return None
+        return await self.get(uid)
 
     async def revoke_token(self, token) -> None:
         if not token or not isinstance(token, str):
             return
         th = _token_hash(token)
-        uid = await self.store.execute("GET", keys.token(th))
+        value = await self.store.execute("GET", keys.token(th))
         await self.store.execute("DEL", keys.token(th))
-        if uid:
+        if value:
+            uid = value.partition(":")[0]
             await self.store.execute("SREM", keys.user_tokens(uid), th)
 
     async def revoke_all(self, user_id: int) -> None:

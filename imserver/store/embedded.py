@@ -100,7 +100,8 @@ class _ChildProtocol(protocol.ProcessProtocol):
     errReceived = outReceived
 
     def processEnded(self, reason):
-        self.ended.callback(reason)
+        self.reason = reason
+        self.ended.callback(None)
         self.owner._child_ended(self, reason)
 
 

@@ -80,16 +80,18 @@ class Store:
         factory.startConnecting(_endpoint(reactor, url))
         self.latency = 0.0  # seconds, last measured by ping()
 
-    def _timed(self, d: defer.Deferred, what: str) -> defer.Deferred:
+    def _timed(self, d: defer.Deferred, what: str, timeout: float | None = None) -> defer.Deferred:
+        timeout = timeout or self.timeout
+
         def timed_out(failure):
             failure.trap(defer.TimeoutError)
-            raise StoreTimeout(f"Redis did not answer {what} within {self.timeout:g}s")
+            raise StoreTimeout(f"Redis did not answer {what} within {timeout:g}s")
 
         def redis_error(failure):
             failure.trap(txredisapi.ResponseError)
             raise StoreError(str(failure.value))
 
-        d.addTimeout(self.timeout, self.reactor)
+        d.addTimeout(timeout, self.reactor)
         d.addErrback(timed_out)
         d.addErrback(redis_error)
         return d
@@ -113,9 +115,9 @@ class Store:
     def publish(self, channel: str, payload: str) -> defer.Deferred:
         return self.execute("PUBLISH", channel, payload)
 
-    async def ping(self) -> float:
+    async def ping(self, timeout: float | None = None) -> float:
         start = time.perf_counter()
-        await self.execute("PING")
+        await self._timed(self._redis.execute_command("PING"), "PING", timeout)
         self.latency = time.perf_counter() - start
         return self.latency
 

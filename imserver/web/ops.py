@@ -18,7 +18,7 @@ class OpsApi:
     @app.route("/health", methods=["GET", "HEAD"])
     async def health(self, request):
         try:
-            latency = await self.store.ping()
+            latency = await self.store.ping(timeout=1.0)
         except Exception as e:
             return json_body(request, {"status": "unavailable", "redis": "down",
                                        "error": e.__class__.__name__}, 503)
@@ -29,7 +29,7 @@ class OpsApi:
     @app.route("/metrics", methods=["GET"])
     async def metrics(self, request):
         try:
-            metrics.REDIS_LATENCY.set(await self.store.ping())
+            metrics.REDIS_LATENCY.set(await self.store.ping(timeout=1.0))
         except Exception:
             metrics.REDIS_LATENCY.set(float("nan"))
         metrics.UPTIME.set(self.clock.seconds() - self.started)
