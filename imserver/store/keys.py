@@ -106,6 +106,9 @@ def live_user(uid) -> str:           # hash: stream, id, play, hls, title, desc 
 def live_stream(stream) -> str:      # string: owner's user id; expires with the publish key
     return f"im:live:stream:{stream}"
 
+def live_secret() -> str:            # string: the deployment's publish-key secret (no --stream-secret)
+    return "im:live:secret"
+
 # -- ktv stage (imserver.core.stage; q is the room name, URL-quoted) --------
 def ktv_stage(q) -> str:             # hash: ver, status, start, dur, item (JSON entry)
     return f"im:ktv:{q}:stage"
