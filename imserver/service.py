@@ -25,12 +25,12 @@ from twisted.internet import defer, endpoints, threads
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
-from twisted.web import server
 
 from imserver.bus import Bus
 from imserver.config import Config
 from imserver.core.accounts import Accounts
 from imserver.core.limits import Limits
+from imserver.core.live import LiveRooms, deployment_secret, make_provider
 from imserver.core.presence import Presence
 from imserver.core.rooms import Rooms
 from imserver.core.sms import HttpSender, LogSender
@@ -38,6 +38,8 @@ from imserver.store.embedded import EmbeddedRedis
 from imserver.store.redis import Store, Subscription
 from imserver.web.ops import OpsApi
 from imserver.web.router import Router, SingleResource
+from imserver.web.site import IMSite
+from imserver.web.streamhooks import StreamHooks
 
 log = Logger()
 
@@ -55,6 +57,7 @@ class Core:
     limits: Limits
     presence: Presence
     rooms: Rooms | None = None        # the one room namespace (000, 002, 003)
+    live: LiveRooms | None = None     # 001 live rooms (friend list: who is live)
     extra: dict = field(default_factory=dict)
 
 
@@ -75,6 +78,15 @@ async def build_core(config: Config, reactor, store: Store, bus: Bus, blocking) 
                 accounts=accounts, limits=limits, presence=presence)
     core.rooms = Rooms(store, bus, presence, reactor, default_capacity=10,
                        history_len=config.history_length)
+    provider = make_provider(
+        config.live_provider, clock=reactor, http_client=treq,
+        secret=config.stream_secret or await deployment_secret(store),
+        rtmp_publish_url=config.rtmp_publish_url, rtmp_play_url=config.rtmp_play_url,
+        hls_url=config.hls_url, qiniu_access_key=config.qiniu_access_key,
+        qiniu_secret_key=config.qiniu_secret_key, qiniu_hub=config.qiniu_hub,
+        qiniu_api_url=config.qiniu_api_url, qiniu_publish_domain=config.qiniu_publish_domain,
+        qiniu_play_domain=config.qiniu_play_domain)
+    core.live = LiveRooms(store, bus, provider, reactor)
     return core
 
 
@@ -85,14 +97,6 @@ def build_dialects(core: Core) -> list:
     return [
         ChatroomDialect(config=c.config, accounts=c.accounts, limits=c.limits),
     ]
-
-
-class QuietSite(server.Site):
-    """An access log without query strings: they may carry tokens."""
-
-    def log(self, request):
-        log.debug("{method} {path} {code}", method=request.method.decode(),
-                  path=request.path.decode("utf-8", "replace"), code=request.code)
 
 
 class IMService(service.MultiService):
@@ -157,13 +161,14 @@ class IMService(service.MultiService):
         self.router = Router()
         ops = OpsApi(self.store, self.bus, reactor, reactor.seconds())
         self.router.add_klein(ops.app)
+        self.router.add_klein(StreamHooks(self.core.live).app)
         for dialect in self.dialects:
             dialect.mount(self.router)
         self.core.presence.start()
         for dialect in self.dialects:
             dialect.start()
-        site = QuietSite(self.router)
-        site.displayTracebacks = False
+        max_request = max(config.max_body, config.max_upload) + 64 * 1024
+        site = IMSite(self.router, max_request)
         for ep in config.listen:
             port = await endpoints.serverFromString(reactor, ep).listen(site)
             self.ports.append(port)
@@ -173,8 +178,7 @@ class IMService(service.MultiService):
             resource = dialect.websocket_resource() if dialect else None
             if resource is None:
                 raise RuntimeError(f"dialect {name} has no WebSocket to serve on {ep}")
-            dsite = QuietSite(SingleResource(resource))
-            dsite.displayTracebacks = False
+            dsite = IMSite(SingleResource(resource), max_request)
             self.dialect_ports[name] = await endpoints.serverFromString(reactor, ep).listen(dsite)
 
     async def _wait_for_redis(self, timeout: float = 20.0) -> None:

@@ -1,0 +1,75 @@
+"""
+The ``twisted.web`` site every endpoint serves: request bodies and logging.
+
+``IMRequest`` leaves body parsing to the routes (:func:`imserver.web.http.read_params`):
+Twisted would otherwise parse form and multipart bodies itself and answer a
+malformed one with a bare 400 before any route could reply in its dialect's
+form. It also caps the body: past ``max_request`` bytes nothing more is
+buffered and the request is answered 413 in JSON.
+
+``IMSite`` writes an access log line without the query string, which may
+carry tokens.
+"""
+
+import json
+
+from twisted.logger import Logger
+from twisted.web import server
+
+log = Logger()
+
+
+class IMRequest(server.Request):
+    _im_ctype = None
+    _im_size = 0
+    _im_too_large = False
+
+    def gotLength(self, length):
+        limit = getattr(self.channel.site, "max_request", None)
+        if limit is not None and length is not None and length > limit:
+            self._im_too_large = True
+        super().gotLength(0 if self._im_too_large else length)
+
+    def handleContentChunk(self, data):
+        if self._im_too_large:
+            return
+        self._im_size += len(data)
+        limit = getattr(self.channel.site, "max_request", None)
+        if limit is not None and self._im_size > limit:
+            self._im_too_large = True
+            self.content.seek(0)
+            self.content.truncate()
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command, path, version):
+        ctype = self.requestHeaders.getRawHeaders(b"content-type")
+        if ctype is not None:
+            self._im_ctype = ctype
+            self.requestHeaders.removeHeader(b"content-type")
+        super().requestReceived(command, path, version)
+
+    def process(self):
+        if self._im_ctype is not None:
+            self.requestHeaders.setRawHeaders(b"content-type", self._im_ctype)
+        if self._im_too_large:
+            self.site = self.channel.site
+            self.setResponseCode(413)
+            self.setHeader(b"content-type", b"application/json; charset=utf-8")
+            self.write(json.dumps({"error": "request body too large"}).encode())
+            self.finish()
+            return
+        super().process()
+
+
+class IMSite(server.Site):
+    requestFactory = IMRequest
+    displayTracebacks = False
+
+    def __init__(self, resource, max_request: int, **kw):
+        super().__init__(resource, **kw)
+        self.max_request = max_request
+
+    def log(self, request):
+        log.debug("{method} {path} {code}", method=request.method.decode(),
+                  path=request.path.decode("utf-8", "replace"), code=request.code)
