@@ -519,3 +519,142 @@ class LiveRoomsOnQiniuTests:
         pili.fail_with = 500
         assert await live.close(alice())
         assert not await live.is_live(7)
+
+
+# -- provider selection -------------------------------------------------------------
+
+class MakeProviderTests:
+    def test_local_from_base_urls(self):
+        """The local provider takes RTMP base URLs: host and application come from them."""
+        from imserver.core.live import make_provider
+        p = make_provider("local", clock=clock_at(), http_client=None, secret="x",
+                          rtmp_publish_url="rtmp://pub.example.com:1935/app1",
+                          rtmp_play_url="rtmp://play.example.com/app2",
+                          hls_url="https://cdn.example.com/hls/")
+        d = run(p.create("abcd1234", "")).description
+        assert d["publishUrl"].startswith("rtmp://pub.example.com:1935/app1/abcd1234?key=")
+        assert d["playUrl"] == "rtmp://play.example.com/app2/abcd1234"
+        assert d["hlsUrl"] == "https://cdn.example.com/hls/abcd1234.m3u8"
+        assert d["hub"] == "app1" and d["hosts"]["live"]["hls"] == "cdn.example.com"
+
+    def test_qiniu_needs_domains(self):
+        """qiniu without its keys, hub or domains is refused with the missing option names."""
+        from imserver.core.live import make_provider
+        with pytest.raises(ValueError, match="--qiniu-publish-domain"):
+            make_provider("qiniu", clock=clock_at(), http_client=treq, secret="x",
+                          qiniu_access_key="a", qiniu_secret_key="b", qiniu_hub="h",
+                          qiniu_play_domain="p")
+        p = make_provider("qiniu", clock=clock_at(), http_client=treq, secret="x",
+                          qiniu_access_key="a", qiniu_secret_key="b", qiniu_hub="h",
+                          qiniu_play_domain="p", qiniu_publish_domain="q")
+        assert isinstance(p, QiniuProvider)
+
+    @pytest_twisted.ensureDeferred
+    async def test_deployment_secret_is_shared(self, store):
+        """Without --stream-secret, every process gets the same secret from Redis."""
+        from imserver.core.live import deployment_secret
+        a, b = await deployment_secret(store), await deployment_secret(store)
+        assert a == b and len(a) == 64
+
+
+# -- the hooks on the real server ------------------------------------------------------
+
+async def open_room(srv, uid=7):
+    return await srv.core.live.open(User(id=uid, nickname=f"u{uid}"), "show")
+
+
+async def post_form(url, fields):
+    r = await treq.post(url, data=fields)
+    return r.code, (await r.text("utf-8"))
+
+
+async def post_json(url, obj):
+    r = await treq.post(url, json=obj)
+    return r.code, json.loads(await r.text("utf-8"))
+
+
+class StreamHooksTests:
+    @pytest_twisted.ensureDeferred
+    async def test_nginx_rtmp_publish(self, server):
+        """nginx-rtmp's form callback: 2xx for the room's key, 403 for a wrong or missing one."""
+        desc = await open_room(server)
+        url = server.url + "/live/on_publish"
+        base = {"call": "publish", "app": "live", "name": desc["title"], "type": "live",
+                "addr": "10.0.0.9", "clientid": "3", "tcUrl": "rtmp://127.0.0.1:1935/live"}
+        assert await post_form(url, {**base, "key": desc["publishKey"]}) == (200, "0")
+        assert (await post_form(url, {**base, "key": desc["publishKey"][:-1] + "0"}))[0] == 403
+        assert (await post_form(url, base))[0] == 403
+        assert (await post_form(url, {**base, "app": "other", "key": desc["publishKey"]}))[0] == 403
+        other = await open_room(server, 8)
+        assert (await post_form(url, {**base, "key": other["publishKey"]}))[0] == 403
+        # the key in the tcUrl's query, or in an args field, works too
+        tc = {**base, "tcUrl": f"rtmp://127.0.0.1:1935/live?key={desc['publishKey']}"}
+        assert (await post_form(url, tc))[0] == 200
+        assert (await post_form(url, {**base, "args": f"key={desc['publishKey']}"}))[0] == 200
+
+    @pytest_twisted.ensureDeferred
+    async def test_nginx_rtmp_publish_done(self, server):
+        """on_publish_done makes the anchor not live; the next publish makes them live again."""
+        desc = await open_room(server)
+        live = server.core.live
+        fields = {"app": "live", "name": desc["title"], "key": desc["publishKey"]}
+        assert (await post_form(server.url + "/live/on_publish", {**fields, "call": "publish"}))[0] == 200
+        code, _ = await post_form(server.url + "/live/on_publish_done", {**fields, "call": "publish_done"})
+        assert code == 200 and not await live.is_live(7)
+        assert (await post_form(server.url + "/live/on_publish_done",
+                                {**fields, "key": "1-deadbeef"}))[0] == 403
+        assert (await post_form(server.url + "/live/on_publish", fields))[0] == 200
+        assert await live.is_live(7)
+
+    @pytest_twisted.ensureDeferred
+    async def test_srs_json(self, server):
+        """SRS's JSON callback gets {"code":0} to allow, 403 otherwise; on_unpublish ends the publish."""
+        desc = await open_room(server)
+        url = server.url + "/live/on_publish"
+        call = {"action": "on_publish", "client_id": 341, "ip": "10.0.0.9", "vhost": "__defaultVhost__",
+                "app": "live", "stream": desc["title"], "param": f"?key={desc['publishKey']}",
+                "tcUrl": "rtmp://127.0.0.1/live", "server_id": "vid-1"}
+        assert await post_json(url, call) == (200, {"code": 0})
+        code, body = await post_json(url, {**call, "param": "?key=0-0"})
+        assert code == 403 and body["code"] != 0
+        assert await post_json(url, {**call, "action": "on_unpublish"}) == (200, {"code": 0})
+        assert not await server.core.live.is_live(7)
+        assert await post_json(server.url + "/live/on_publish_done",
+                               {**call, "action": "on_unpublish"}) == (200, {"code": 0})
+
+    @pytest_twisted.ensureDeferred
+    async def test_closed_room_refused(self, server):
+        """After the anchor leaves, the old key no longer publishes."""
+        desc = await open_room(server)
+        await server.core.live.close(User(id=7))
+        code, _ = await post_form(server.url + "/live/on_publish",
+                                  {"app": "live", "name": desc["title"], "key": desc["publishKey"]})
+        assert code == 403
+
+    @pytest_twisted.ensureDeferred
+    async def test_bad_bodies(self, server):
+        """Garbage bodies get a 4xx, never a 5xx, and the server keeps answering."""
+        url = server.url + "/live/on_publish"
+        r = await treq.post(url, data=b"{not json", headers={"Content-Type": ["application/json"]})
+        assert r.code == 400
+        await r.content()
+        r = await treq.post(url, data=b"x" * (70 * 1024))
+        assert r.code == 400
+        await r.content()
+        assert (await post_form(url, {"name": "../../etc", "key": "1-2"}))[0] == 403
+        assert (await post_json(url, {"stream": ["a"], "param": 5}))[0] == 403
+        r = await treq.get(server.url + "/health")
+        assert r.code == 200
+        await r.content()
+
+    @pytest_twisted.ensureDeferred
+    async def test_server_with_qiniu_provider(self, start_server, pili):
+        """--live-provider qiniu: the server's live rooms create streams at the (local) Pili API."""
+        srv = await start_server(live_provider="qiniu", qiniu_access_key="AK-test",
+                                 qiniu_secret_key="SK-test", qiniu_hub="myhub",
+                                 qiniu_api_url=pili.base, qiniu_publish_domain="pub.example.com",
+                                 qiniu_play_domain="play.example.com")
+        desc = await open_room(srv)
+        assert desc["title"] in pili.streams
+        assert desc["publishUrl"].startswith(f"rtmp://pub.example.com/myhub/{desc['title']}?e=")
+        assert await srv.core.live.live_users([7]) == {7: desc["playUrl"]}

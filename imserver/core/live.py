@@ -101,7 +101,13 @@ def iso_time(ts: float) -> str:
 def _host_of(url_or_host: str) -> str:
     if "://" in url_or_host:
         return urlsplit(url_or_host).netloc
-    return url_or_host
+    return url_or_host.strip("/")
+
+
+def _path_of(url_or_host: str) -> str:
+    if "://" in url_or_host:
+        return urlsplit(url_or_host).path.strip("/")
+    return ""
 
 
 def describe(*, stream_id: str, hub: str, title: str, publish_key: str,
@@ -153,10 +159,12 @@ def hmac_sha1_b64(secret: str, data: str | bytes) -> str:
 class LocalProvider:
     """Streams on our own RTMP server (nginx-rtmp or SRS).
 
-    ``rtmp_publish_host`` and ``rtmp_play_host`` are ``host[:port]``;
+    ``rtmp_publish_host`` and ``rtmp_play_host`` are ``host[:port]`` or RTMP
+    base URLs (``rtmp://host:1935/live``, whose path then is the application);
     ``hls_base`` is the URL under which the server serves ``<stream>.m3u8``
     (e.g. ``http://media.example.com:8088/hls``); ``app`` is the RTMP
-    application (the path before the stream name, Pili's "hub").
+    application (the path before the stream name, Pili's "hub") when the
+    publish address does not name one.
 
     The publish key is ``<expiry>-<signature>``: the signature is an
     HMAC-SHA256 over the application, the stream name and the expiry, with
@@ -176,7 +184,10 @@ class LocalProvider:
         self.play_host = _host_of(rtmp_play_host)
         self.hls_base = hls_base.rstrip("/")
         self.hls_host = _host_of(self.hls_base)
-        self.app = app.strip("/")
+        self.app = _path_of(rtmp_publish_host) or app.strip("/")
+        self.play_app = _path_of(rtmp_play_host) or self.app
+        if not (self.publish_host and self.play_host and self.hls_host and self.app):
+            raise ValueError("LocalProvider needs RTMP publish/play hosts, an HLS URL and an app")
         self._secret = secret.encode("utf-8")
         self.clock = clock
         self.key_ttl = key_ttl
@@ -210,7 +221,7 @@ class LocalProvider:
         expires = int(now) + self.key_ttl
         key = self.publish_key(stream, expires)
         publish_url = f"rtmp://{self.publish_host}/{self.app}/{stream}?key={key}"
-        play_url = f"rtmp://{self.play_host}/{self.app}/{stream}"
+        play_url = f"rtmp://{self.play_host}/{self.play_app}/{stream}"
         hls_url = f"{self.hls_base}/{stream}.m3u8"
         desc = describe(
             stream_id=f"local.{self.app}.{stream}", hub=self.app, title=stream,
@@ -374,6 +385,42 @@ class QiniuProvider:
             "POST", f"/v2/hubs/{self.hub}/streams/{encoded}/disabled", {"disabledTill": -1})
         if code != 200:
             raise StreamProviderError(f"stream provider refused: {reply.get('error') or code}")
+
+
+# -- choosing a provider --------------------------------------------------------
+
+def make_provider(kind: str, *, clock, http_client, secret: str,
+                  rtmp_publish_url: str = "rtmp://127.0.0.1:1935/live",
+                  rtmp_play_url: str = "rtmp://127.0.0.1:1935/live",
+                  hls_url: str = "http://127.0.0.1:8081/hls",
+                  qiniu_access_key: str = "", qiniu_secret_key: str = "", qiniu_hub: str = "",
+                  qiniu_api_url: str = "https://pili.qiniuapi.com",
+                  qiniu_publish_domain: str = "", qiniu_play_domain: str = "",
+                  key_ttl: int = 86400) -> StreamProvider:
+    """The provider the settings name (``local`` or ``qiniu``); ValueError
+    with a one-line reason when a setting it needs is missing."""
+    if kind == "local":
+        return LocalProvider(rtmp_publish_url, rtmp_play_url, hls_url, secret, clock,
+                             key_ttl=key_ttl)
+    if kind == "qiniu":
+        missing = [name for name, value in (
+            ("--qiniu-access-key", qiniu_access_key), ("--qiniu-secret-key", qiniu_secret_key),
+            ("--qiniu-hub", qiniu_hub), ("--qiniu-publish-domain", qiniu_publish_domain),
+            ("--qiniu-play-domain", qiniu_play_domain)) if not value]
+        if missing:
+            raise ValueError("--live-provider qiniu needs " + ", ".join(missing))
+        return QiniuProvider(qiniu_access_key, qiniu_secret_key, qiniu_hub, qiniu_api_url,
+                             http_client, publish_domain=qiniu_publish_domain,
+                             rtmp_play_domain=qiniu_play_domain, hls_play_domain=qiniu_play_domain,
+                             clock=clock, key_ttl=key_ttl)
+    raise ValueError(f"unknown live provider {kind!r}")
+
+
+async def deployment_secret(store) -> str:
+    """The publish-key secret shared by every process of the deployment:
+    made once, kept in Redis (for when no ``--stream-secret`` is set)."""
+    await store.execute("SET", keys.live_secret(), secrets.token_hex(32), "NX")
+    return await store.execute("GET", keys.live_secret())
 
 
 # -- the live rooms -----------------------------------------------------------
