@@ -147,3 +147,22 @@ def user_peers(uid) -> str:          # zset: peer user id -> time (ms) of the la
 
 def user_offline_since(uid) -> str:  # string: Redis time (ms) the user's last connection closed
     return f"im:user:{uid}:offline"
+
+# -- account: friends and gold (imserver.core.friends, imserver.core.wallet) --
+def friends(uid) -> str:             # zset: friend's user id -> since (epoch ms)
+    return f"im:friends:{uid}"
+
+def friend_request(a, b) -> str:     # hash: ts (ms), state (pending|accepted), accepted; a asked b
+    return f"im:friend:req:{a}:{b}"
+
+def friend_messages(uid) -> str:     # zset: "<a>:<b>" (requests the user sees) -> ts (ms)
+    return f"im:friend:msgs:{uid}"
+
+def gold(uid) -> str:                # string: the user's gold balance (integer)
+    return f"im:gold:{uid}"
+
+def gold_ledger(uid) -> str:         # list, newest first: JSON ledger entries the user is part of
+    return f"im:gold:{uid}:ledger"
+
+def gold_seq() -> str:               # INCR -> next ledger entry id
+    return "im:gold:seq"
