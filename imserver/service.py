@@ -30,7 +30,6 @@ from imserver.bus import Bus
 from imserver.config import Config
 from imserver.core.accounts import Accounts
 from imserver.core.catalog import Catalog
-from imserver.core.catalog import Catalog
 from imserver.core.limits import Limits
 from imserver.core.live import LiveRooms, deployment_secret, make_provider
 from imserver.core.presence import Presence
@@ -60,7 +59,6 @@ class Core:
     presence: Presence
     rooms: Rooms | None = None        # the one room namespace (000, 002, 003)
     catalog: Catalog | None = None    # videos (000 video.php, 002 watch) and songs (002)
-    catalog: Catalog | None = None    # videos (000 video.php, 002 watch) and songs (002)
     live: LiveRooms | None = None     # 001 live rooms (friend list: who is live)
     extra: dict = field(default_factory=dict)
 
@@ -82,8 +80,6 @@ async def build_core(config: Config, reactor, store: Store, bus: Bus, blocking) 
                 accounts=accounts, limits=limits, presence=presence)
     core.rooms = Rooms(store, bus, presence, reactor, default_capacity=10,
                        history_len=config.history_length)
-    core.catalog = Catalog(store)
-    await core.catalog.ensure_sample(config.public_url)
     core.catalog = Catalog(store)
     await core.catalog.ensure_sample(config.public_url)
     provider = make_provider(
