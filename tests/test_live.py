@@ -24,6 +24,7 @@ from imserver.core.live import (
     LiveRooms, LocalProvider, QiniuProvider, StreamProviderError, qiniu_authorization,
 )
 from imserver.store import keys
+from tests.conftest import blocking
 
 T0 = 1_700_000_000.0
 
@@ -582,7 +583,9 @@ class StreamHooksTests:
         base = {"call": "publish", "app": "live", "name": desc["title"], "type": "live",
                 "addr": "10.0.0.9", "clientid": "3", "tcUrl": "rtmp://127.0.0.1:1935/live"}
         assert await post_form(url, {**base, "key": desc["publishKey"]}) == (200, "0")
-        assert (await post_form(url, {**base, "key": desc["publishKey"][:-1] + "0"}))[0] == 403
+        key = desc["publishKey"]
+        forged = key[:-1] + ("1" if key[-1] == "0" else "0")
+        assert (await post_form(url, {**base, "key": forged}))[0] == 403
         assert (await post_form(url, base))[0] == 403
         assert (await post_form(url, {**base, "app": "other", "key": desc["publishKey"]}))[0] == 403
         other = await open_room(server, 8)
@@ -658,3 +661,38 @@ class StreamHooksTests:
         assert desc["title"] in pili.streams
         assert desc["publishUrl"].startswith(f"rtmp://pub.example.com/myhub/{desc['title']}?e=")
         assert await srv.core.live.live_users([7]) == {7: desc["playUrl"]}
+
+
+class StreamHooksBadInputTests:
+    @pytest_twisted.ensureDeferred
+    async def test_random_input_never_publishes(self, server):
+        """Random fields, bodies and content types: 4xx only, the open room is untouched."""
+        from hypothesis import HealthCheck, given, settings, strategies as st
+        from twisted.internet.threads import blockingCallFromThread
+
+        desc = await open_room(server)
+        fields = st.dictionaries(
+            st.sampled_from(["name", "stream", "app", "key", "param", "args", "action", "call",
+                             "tcUrl", "e", "token", ""]),
+            st.one_of(st.text(max_size=80), st.sampled_from([desc["title"], "live", "on_unpublish",
+                                                             "publish_done", "?key=1-0"])),
+            max_size=6)
+        ctypes = st.sampled_from(["application/json", "application/x-www-form-urlencoded",
+                                  "multipart/form-data; boundary=xx", "text/plain", ""])
+        urls = [server.url + "/live/on_publish", server.url + "/live/on_publish_done"]
+
+        @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(st.sampled_from(urls), fields, st.one_of(st.binary(max_size=500), fields), ctypes)
+        def check(url, query, body, ctype):
+            async def one():
+                headers = {"Content-Type": [ctype]} if ctype else {}
+                data = json.dumps(body).encode() if isinstance(body, dict) else body
+                r = await treq.post(url, params=query, data=data, headers=headers)
+                await r.content()
+                assert r.code in (400, 403, 413), r.code
+
+            blockingCallFromThread(reactor, lambda: defer.ensureDeferred(one()))
+
+        await blocking(check)
+        assert await server.core.live.live_users([7]) == {7: desc["playUrl"]}
+        assert await server.core.store.execute("HGET", keys.live_user(7), "state") == "open"
