@@ -25,6 +25,7 @@ import os
 import time
 from typing import Any
 
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from imserver.store import keys
@@ -110,14 +111,19 @@ class Bus:
         self.published += 1
         await self.store.publish(_CHANNEL_PREFIX + topic, event.to_json())
 
-    def subscribe(self, topic: str, sink) -> None:
+    def subscribe(self, topic: str, sink) -> defer.Deferred:
+        """
+        Add a sink to a topic. The Deferred fires once the process is
+        subscribed in Redis: await it before publishing something the sink
+        must see (a join notice the joiner itself receives).
+        """
         by_codec = self._sinks.get(topic)
         if by_codec is None:
             by_codec = self._sinks[topic] = {}
-            self.subscription.add(_CHANNEL_PREFIX + topic)
         sinks = by_codec.setdefault(sink.codec, [])
         if sink not in sinks:
             sinks.append(sink)
+        return self.subscription.add(_CHANNEL_PREFIX + topic)
 
     def unsubscribe(self, topic: str, sink) -> None:
         by_codec = self._sinks.get(topic)
@@ -133,9 +139,12 @@ class Bus:
             self.subscription.remove(_CHANNEL_PREFIX + topic)
 
     def listen(self, topic: str, fn) -> _Listener:
-        """Subscribe an in-process callable ``fn(event)``; returns the sink to unsubscribe."""
+        """
+        Subscribe an in-process callable ``fn(event)``; returns the sink to
+        unsubscribe with (``sink.ready`` fires once Redis confirmed).
+        """
         sink = _Listener(fn)
-        self.subscribe(topic, sink)
+        sink.ready = self.subscribe(topic, sink)
         return sink
 
     def has_local(self, topic: str) -> bool:

@@ -49,7 +49,7 @@ async def test_encode_once_per_codec(bus):
     a, b = CountingCodec("a"), CountingCodec("b")
     sinks = [Sink(a, "c1"), Sink(a, "c2"), Sink(a, "c3"), Sink(b, "c4")]
     for s in sinks:
-        bus.subscribe("room:R1", s)
+        await bus.subscribe("room:R1", s)
     await bus.publish("room:R1", "room.message", {"n": 1})
     for s in sinks:
         await s.wait(1)
@@ -62,13 +62,13 @@ async def test_exclude_and_unsubscribe(bus):
     """The excluded connection gets nothing; an unsubscribed sink stops receiving."""
     codec = CountingCodec("a")
     s1, s2 = Sink(codec, "c1"), Sink(codec, "c2")
-    bus.subscribe("user:1", s1)
-    bus.subscribe("user:1", s2)
+    await bus.subscribe("user:1", s1)
+    await bus.subscribe("user:1", s2)
     await bus.publish("user:1", "x", {"n": 1}, exclude="c1")
     await s2.wait(1)
     bus.unsubscribe("user:1", s2)
     listener_got = []
-    bus.listen("user:1", lambda e: listener_got.append(e.data["n"]))
+    await bus.listen("user:1", lambda e: listener_got.append(e.data["n"])).ready
     await bus.publish("user:1", "x", {"n": 2})
     await s1.wait(1)
     await _sleep(0)  # the listener is called right after s1, in the same dispatch
@@ -82,7 +82,7 @@ async def test_crosses_processes(redis_url):
     store2, bus2 = await make_bus(redis_url)
     try:
         sink = Sink(None, None)
-        bus2.subscribe("group:7", sink)
+        await bus2.subscribe("group:7", sink)
         for n in range(20):
             await bus1.publish("group:7", "group.message", {"n": n})
         await sink.wait(20)
@@ -99,7 +99,7 @@ async def test_two_servers_share_events(start_server):
     one = await start_server()
     two = await start_server()
     sink = Sink(None, None)
-    two.core.bus.subscribe("room:shared", sink)
+    await two.core.bus.subscribe("room:shared", sink)
     await one.core.bus.publish("room:shared", "room.message", {"text": "hello"})
     await sink.wait(1)
     assert sink.got == [{"text": "hello"}]
@@ -111,7 +111,7 @@ async def test_resubscribes_after_link_loss(bus, store):
     resynced = []
     bus.on_resync(lambda: resynced.append(True))
     sink = Sink(None, None)
-    bus.subscribe("room:R2", sink)
+    await bus.subscribe("room:R2", sink)
     await bus.publish("room:R2", "x", {"n": 1})
     await sink.wait(1)
     await store.execute("CLIENT", "KILL", "TYPE", "pubsub")
@@ -121,7 +121,7 @@ async def test_resubscribes_after_link_loss(bus, store):
         await defer.ensureDeferred(_sleep(0.05))
     assert resynced
     for _ in range(100):  # until the resubscription has reached Redis
-        if await store.execute("PUBSUB", "NUMSUB", "im:bus:room:R2") == ["im:bus:room:R2", "1"]:
+        if await store.execute("PUBSUB", "NUMSUB", "im:bus:room:R2") in (["im:bus:room:R2", 1], ["im:bus:room:R2", "1"]):
             break
         await defer.ensureDeferred(_sleep(0.05))
     await bus.publish("room:R2", "x", {"n": 2})

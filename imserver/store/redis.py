@@ -142,6 +142,11 @@ class Subscription:
     """
     One pub/sub connection for a process. ``add``/``remove`` change the
     wanted channels; they are (re)subscribed whenever the link (re)connects.
+
+    ``add`` returns a Deferred that fires once Redis has confirmed the
+    subscription, so a caller can be sure to receive what is published after
+    it. Each SUBSCRIBE names one channel: txredisapi hands each reply to the
+    oldest waiting command, so one reply per command keeps them paired.
     """
 
     def __init__(self, reactor, url: str, on_message: Callable[[str, Any], None],
@@ -149,7 +154,8 @@ class Subscription:
         self.reactor = reactor
         self.on_message = on_message
         self.on_reconnect = on_reconnect
-        self.channels: set[str] = set()
+        # channel -> None once confirmed, or the Deferreds waiting for confirmation
+        self.channels: dict[str, list | None] = {}
         self.protocol: _SubscriberProtocol | None = None
         self._ever_connected = False
         self._ready = defer.Deferred()
@@ -172,20 +178,31 @@ class Subscription:
 
     def _connected(self, proto) -> None:
         self.protocol = proto
-        d = proto.whenConnected() if hasattr(proto, "whenConnected") else defer.succeed(proto)
+        proto.whenConnected().addCallback(self._resubscribe, proto)
 
-        def subscribe(_):
-            if self.channels:
-                proto.subscribe(sorted(self.channels)).addErrback(
-                    lambda f: log.failure("resubscribe failed", f))
-            if self._ready is not None:
-                ready, self._ready = self._ready, None
-                ready.callback(None)
-            if self._ever_connected and self.on_reconnect:
-                self.on_reconnect()
-            self._ever_connected = True
+    def _resubscribe(self, _, proto) -> None:
+        for channel in list(self.channels):
+            self._send(proto, channel)
+        if self._ready is not None:
+            ready, self._ready = self._ready, None
+            ready.callback(None)
+        if self._ever_connected and self.on_reconnect:
+            self.on_reconnect()
+        self._ever_connected = True
 
-        d.addCallback(subscribe)
+    def _send(self, proto, channel: str) -> None:
+        def confirmed(_):
+            waiters = self.channels.get(channel)
+            if waiters:
+                self.channels[channel] = None
+                for d in waiters:
+                    d.callback(None)
+            elif channel in self.channels:
+                self.channels[channel] = None
+
+        proto.subscribe([channel]).addCallbacks(
+            confirmed, lambda f: log.warn("subscribe {c} failed: {e}", c=channel,
+                                          e=f.getErrorMessage()))
 
     def _lost(self, proto) -> None:
         if self.protocol is proto:
@@ -197,18 +214,26 @@ class Subscription:
         except Exception:
             log.failure("bus message handling failed on {channel}", channel=channel)
 
-    def add(self, channel: str) -> None:
+    def add(self, channel: str) -> defer.Deferred:
+        """Subscribe; the Deferred fires when Redis has confirmed it."""
         if channel in self.channels:
-            return
-        self.channels.add(channel)
-        if self.protocol is not None:
-            self.protocol.subscribe([channel]).addErrback(
-                lambda f: log.failure("subscribe failed", f))
+            waiters = self.channels[channel]
+            if waiters is None:
+                return defer.succeed(None)
+        else:
+            waiters = self.channels[channel] = []
+            if self.protocol is not None:
+                self._send(self.protocol, channel)
+        d = defer.Deferred()
+        waiters.append(d)
+        return d
 
     def remove(self, channel: str) -> None:
         if channel not in self.channels:
             return
-        self.channels.discard(channel)
+        waiters = self.channels.pop(channel)
+        for d in waiters or ():
+            d.callback(None)
         if self.protocol is not None:
             self.protocol.unsubscribe([channel]).addErrback(lambda f: None)
 

@@ -47,10 +47,10 @@ class BoundedSession:
             metrics.CONNECTIONS.labels(self.dialect).dec()
             self._counted = False
 
-    def follow(self, bus, topic: str) -> None:
-        if topic not in self.topics:
-            self.topics.add(topic)
-            bus.subscribe(topic, self)
+    def follow(self, bus, topic: str):
+        """Subscribe this session to a topic; the Deferred fires once Redis confirmed."""
+        self.topics.add(topic)
+        return bus.subscribe(topic, self)
 
     def unfollow(self, bus, topic: str) -> None:
         if topic in self.topics:
