@@ -223,8 +223,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("hls_url", _text, "http://127.0.0.1:8081/hls",
             "local provider: HLS base URL viewers play from."),
     Setting("stream_secret", _text, "",
-            "Secret that signs publish keys (local provider); random per data"
-            " directory when empty."),
+            "Secret that signs publish keys (local provider); when empty, one is"
+            " made once and kept in Redis, shared by every process."),
     Setting("qiniu_access_key", _text, "", "qiniu provider: access key."),
     Setting("qiniu_secret_key", _text, "", "qiniu provider: secret key."),
     Setting("qiniu_hub", _text, "", "qiniu provider: Pili hub name."),
@@ -284,7 +284,8 @@ class Config:
         if self.sms_sender == "http" and not self.sms_gateway_url:
             raise ConfigError("--sms-sender http needs --sms-gateway-url")
         if self.live_provider == "qiniu":
-            missing = [s for s in ("qiniu_access_key", "qiniu_secret_key", "qiniu_hub")
+            missing = [s for s in ("qiniu_access_key", "qiniu_secret_key", "qiniu_hub",
+                                   "qiniu_publish_domain", "qiniu_play_domain")
                        if not getattr(self, s)]
             if missing:
                 raise ConfigError("--live-provider qiniu needs " + ", ".join(
