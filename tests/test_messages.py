@@ -1,0 +1,229 @@
+"""The messages core against a real Redis: store, announce, history, offline inbox."""
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
+
+from imserver.core.groups import Groups
+from imserver.core.messages import (MESSAGE_EVENT, Messages, NotMember, TooFast, UnknownGroup,
+                                    UnknownRecipient)
+from imserver.store import keys
+
+
+@pytest.fixture
+def messages(store, bus):
+    return Messages(store, bus, reactor, history_length=1000, user_rate=1000)
+
+
+@pytest.fixture
+def groups(store, bus, accounts):
+    return Groups(store, bus, accounts, public_url="http://127.0.0.1:1")
+
+
+_names = iter(range(10**9))
+
+
+async def users(accounts, n):
+    return [str((await accounts.register(password="secret1",
+                                         username=f"u{next(_names)}")).id)
+            for _ in range(n)]
+
+
+class Inbox:
+    """Collects events of one topic."""
+
+    def __init__(self, bus, topic):
+        self.events = []
+        self.waiters = []
+        self.sink = bus.listen(topic, self._got)
+
+    def _got(self, event):
+        self.events.append(event)
+        while self.waiters and len(self.events) >= self.waiters[0][0]:
+            self.waiters.pop(0)[1].callback(None)
+
+    async def wait(self, n, timeout=5):
+        if len(self.events) < n:
+            d = defer.Deferred()
+            self.waiters.append((n, d))
+            d.addTimeout(timeout, reactor)
+            await d
+        return self.events
+
+
+async def settle():
+    await deferLater(reactor, 0.1, lambda: None)
+
+
+class SendTests:
+    @pytest_twisted.ensureDeferred
+    async def test_direct_stored_then_published_to_both_parties(self, messages, bus, store,
+                                                                 accounts):
+        """A direct message is in the pair's log and announced on user:<to> and user:<from>."""
+        a, b = await users(accounts, 2)
+        to_b, to_a = Inbox(bus, f"user:{b}"), Inbox(bus, f"user:{a}")
+        await to_b.sink.ready
+        await to_a.sink.ready
+        mid = await messages.send(a, "text", b, "unicast", "hi_there 你好", "ZXh0",
+                                  conn_id="c1")
+        (event,) = await to_b.wait(1)
+        (own,) = await to_a.wait(1)
+        assert event.kind == MESSAGE_EVENT
+        assert event.data == {"id": mid, "k": "text", "f": a, "t": b, "y": "unicast",
+                              "p": "hi_there 你好", "e": "ZXh0"}
+        assert event.exclude == "c1" and own.data == event.data
+        entries = await store.execute("XRANGE", keys.direct_log(b, a), "-", "+")
+        assert [e[0] for e in entries] == [mid]
+
+    @pytest_twisted.ensureDeferred
+    async def test_unknown_recipient_stores_nothing(self, messages, store, accounts):
+        """Sending to a user that does not exist is refused and leaves no trace."""
+        (a,) = await users(accounts, 1)
+        with pytest.raises(UnknownRecipient):
+            await messages.send(a, "text", "999999", "unicast", "x")
+        assert await store.execute("EXISTS", keys.direct_log(a, 999999)) == 0
+
+    @pytest_twisted.ensureDeferred
+    async def test_group_member_only(self, messages, groups, bus, store, accounts):
+        """Members post to the group topic; a non-member is refused and nothing is stored."""
+        a, b, outsider = await users(accounts, 3)
+        group = await groups.create(a, "g", [b])
+        inbox = Inbox(bus, f"group:{group.id}")
+        await inbox.sink.ready
+        with pytest.raises(NotMember):
+            await messages.send(outsider, "text", group.id, "group", "spam")
+        with pytest.raises(UnknownGroup):
+            await messages.send(a, "text", "424242", "group", "x")
+        mid = await messages.send(b, "picture", group.id, "group", "http://x/a.jpg", "e")
+        (event,) = await inbox.wait(1)
+        assert event.data["id"] == mid and event.data["f"] == b and event.data["y"] == "group"
+        assert await store.execute("XLEN", keys.group_log(group.id)) == 1
+        await settle()
+        assert len(inbox.events) == 1
+
+    @pytest_twisted.ensureDeferred
+    async def test_order_is_log_order(self, messages, bus, accounts):
+        """Concurrent sends are announced in the order the log assigned."""
+        a, b = await users(accounts, 2)
+        inbox = Inbox(bus, f"user:{b}")
+        await inbox.sink.ready
+        ids = await defer.gatherResults([
+            defer.ensureDeferred(messages.send(a, "text", b, "unicast", f"m{i}"))
+            for i in range(50)])
+        events = await inbox.wait(50)
+        got = [e.data["id"] for e in events]
+        assert got == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))
+
+    @pytest_twisted.ensureDeferred
+    async def test_user_rate_limit(self, store, bus, accounts):
+        """Past the per-user rate the script refuses without storing."""
+        messages = Messages(store, bus, reactor, user_rate=3, rate_window=60)
+        a, b = await users(accounts, 2)
+        for i in range(3):
+            await messages.send(a, "text", b, "unicast", str(i))
+        with pytest.raises(TooFast):
+            await messages.send(a, "text", b, "unicast", "too many")
+        assert await store.execute("XLEN", keys.direct_log(a, b)) == 3
+
+    @pytest_twisted.ensureDeferred
+    async def test_log_is_capped(self, store, bus, accounts):
+        """The conversation log is trimmed to about its configured length."""
+        messages = Messages(store, bus, reactor, history_length=10, user_rate=0)
+        a, b = await users(accounts, 2)
+        for i in range(300):
+            await messages.send(a, "text", b, "unicast", str(i))
+        n = await store.execute("XLEN", keys.direct_log(a, b))
+        assert 10 <= n <= 110
+
+
+class HistoryTests:
+    @pytest_twisted.ensureDeferred
+    async def test_direct_history_pages(self, messages, accounts):
+        """History after a position, oldest first, continued from the last id."""
+        a, b = await users(accounts, 2)
+        ids = [await messages.send(a if i % 2 else b, "text", b if i % 2 else a, "unicast",
+                                   f"m{i}") for i in range(5)]
+        type_, page = await messages.history(a, b, None, "0-0", limit=3)
+        assert type_ == "unicast" and [m.id for m in page] == ids[:3]
+        assert [m.payload for m in page] == ["m0", "m1", "m2"]
+        _, rest = await messages.history(b, a, "unicast", page[-1].id)
+        assert [m.id for m in rest] == ids[3:]
+
+    @pytest_twisted.ensureDeferred
+    async def test_group_history_from_join(self, messages, groups, accounts):
+        """A member reads the group from their join on; others may not read it."""
+        a, b, c = await users(accounts, 3)
+        group = await groups.create(a, "g", [b])
+        before = await messages.send(a, "text", group.id, "group", "before c")
+        await deferLater(reactor, 0.01, lambda: None)
+        await groups.add_members(a, group.id, [c])
+        after = await messages.send(b, "text", group.id, "group", "after c")
+        type_, seen_by_a = await messages.history(a, group.id, None, "0-0")
+        assert type_ == "group" and [m.id for m in seen_by_a] == [before, after]
+        _, seen_by_c = await messages.history(c, group.id, "group", "0-0")
+        assert [m.id for m in seen_by_c] == [after]
+        (outsider,) = await users(accounts, 1)
+        with pytest.raises(NotMember):
+            await messages.history(outsider, group.id, "group", "0-0")
+
+    @pytest_twisted.ensureDeferred
+    async def test_unknown_target(self, messages, accounts):
+        """A target that is neither a group of the viewer nor a user is unknown."""
+        (a,) = await users(accounts, 1)
+        with pytest.raises(UnknownRecipient):
+            await messages.history(a, "888888", None, "0-0")
+        with pytest.raises(UnknownGroup):
+            await messages.history(a, "888888", "group", "0-0")
+
+
+class InboxTests:
+    @pytest_twisted.ensureDeferred
+    async def test_offline_then_login(self, messages, groups, store, accounts):
+        """Everything sent while offline comes back in order at the next login, once."""
+        a, b, c = await users(accounts, 3)
+        group = await groups.create(a, "g", [b, c])
+        assert await messages.take_inbox(b) == 0          # first login ever
+        await messages.send(a, "text", b, "unicast", "old, seen live")
+        await deferLater(reactor, 0.005, lambda: None)  # the mark's millisecond is re-read
+        assert await messages.went_offline(b)
+        ids = [await messages.send(a, "text", b, "unicast", "d1"),
+               await messages.send(c, "text", group.id, "group", "g1"),
+               await messages.send(c, "text", b, "unicast", "d2"),
+               await messages.send(a, "text", group.id, "group", "g2")]
+        since = await messages.take_inbox(b)
+        assert since > 0
+        inbox = await messages.inbox(b, since)
+        assert [m.id for m in inbox] == ids
+        assert [m.payload for m in inbox] == ["d1", "g1", "d2", "g2"]
+        assert await messages.take_inbox(b) is None       # a second device: already taken
+
+    @pytest_twisted.ensureDeferred
+    async def test_not_offline_while_connected(self, messages, presence, accounts):
+        """The offline mark is set only when the user's last connection has gone."""
+        (a,) = await users(accounts, 1)
+        await messages.take_inbox(a)
+        await presence.connect("c1", a, "signal")
+        assert not await messages.went_offline(a)
+        assert await messages.take_inbox(a) is None
+        await presence.disconnect("c1")
+        assert await messages.went_offline(a)
+        assert await messages.take_inbox(a) > 0
+
+    @pytest_twisted.ensureDeferred
+    async def test_first_login_gets_earlier_messages(self, messages, accounts):
+        """A user who never logged in receives what was sent to them before."""
+        a, b = await users(accounts, 2)
+        mid = await messages.send(a, "text", b, "unicast", "welcome")
+        since = await messages.take_inbox(b)
+        assert [m.id for m in await messages.inbox(b, since)] == [mid]
+
+    @pytest_twisted.ensureDeferred
+    async def test_backdated_mark(self, messages, accounts):
+        """A dead process's users are marked offline from before it was noticed."""
+        (a,) = await users(accounts, 1)
+        await messages.went_offline(a)
+        plain = await messages.take_inbox(a)
+        await messages.went_offline(a, backdate=60)
+        early = await messages.take_inbox(a)
+        assert plain - early >= 59_000
