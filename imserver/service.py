@@ -32,11 +32,13 @@ from imserver.core.accounts import Accounts
 from imserver.core.catalog import Catalog
 from imserver.core.limits import Limits
 from imserver.core.live import LiveRooms, deployment_secret, make_provider
+from imserver.core.media import MediaStore
 from imserver.core.presence import Presence
 from imserver.core.rooms import Rooms
 from imserver.core.sms import HttpSender, LogSender
 from imserver.store.embedded import EmbeddedRedis
 from imserver.store.redis import Store, Subscription
+from imserver.web.media import MediaResource
 from imserver.web.ops import OpsApi
 from imserver.web.router import Router, SingleResource
 from imserver.web.site import IMSite
@@ -60,6 +62,7 @@ class Core:
     rooms: Rooms | None = None        # the one room namespace (000, 002, 003)
     catalog: Catalog | None = None    # videos (000 video.php, 002 watch) and songs (002)
     live: LiveRooms | None = None     # 001 live rooms (friend list: who is live)
+    media: MediaStore | None = None   # uploads and group pictures, served at /media/
     extra: dict = field(default_factory=dict)
 
 
@@ -78,6 +81,8 @@ async def build_core(config: Config, reactor, store: Store, bus: Bus, blocking) 
                         dead_after=config.idle_timeout)
     core = Core(config=config, reactor=reactor, store=store, bus=bus, blocking=blocking,
                 accounts=accounts, limits=limits, presence=presence)
+    core.media = MediaStore(config.data_dir, config.public_url, blocking,
+                            max_upload=config.max_upload)
     core.rooms = Rooms(store, bus, presence, reactor, default_capacity=10,
                        history_len=config.history_length)
     core.catalog = Catalog(store)
@@ -166,6 +171,11 @@ class IMService(service.MultiService):
         ops = OpsApi(self.store, self.bus, reactor, reactor.seconds())
         self.router.add_klein(ops.app)
         self.router.add_klein(StreamHooks(self.core.live).app)
+        from imserver.dialects.signal.upload import UploadApi
+        self.router.add_klein(UploadApi(media=self.core.media, accounts=self.core.accounts,
+                                        limits=self.core.limits, blocking=blocking,
+                                        legacy_auth=config.legacy_auth).app)
+        self.router.add_prefix("/media/", MediaResource(self.core.media))
         for dialect in self.dialects:
             dialect.mount(self.router)
         self.core.presence.start()

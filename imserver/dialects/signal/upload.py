@@ -1,0 +1,243 @@
+"""
+Document 004's uploads: ``POST /upload/writev1`` (audio), ``writev2``
+(picture or audio), ``writev3`` (video), each also under ``/wsim/``.
+
+The client posts a multipart form whose ``file`` field holds the file (a
+form with one file under another name is accepted too) and its token
+(``token``, ``access_token`` or ``Authorization: Bearer``; with
+``--legacy-auth`` a request without any token is admitted, as the document
+shows it). The body is split and the file checked, named and written off
+the reactor thread (:class:`imserver.core.media.MediaStore`); the reply is
+the document's::
+
+    {"code": 0, "message": "OK", "data": "<public URL>"}       writev1, writev2
+    {"code": 0, "message": "Succeeded", "data": "<public URL>"}  writev3
+
+Refusals come in the same envelope with the group API's negative codes:
+
+====  ==============================================================
+ -1   no file, or a file that is empty, corrupt or of a type the
+      endpoint does not take (the message says which types it takes)
+ -2   no valid token
+ -5   too many uploads
+ -6   service unavailable; try again
+ -7   file too large (HTTP status 413; the message gives the limit)
+====  ==============================================================
+"""
+
+from __future__ import annotations
+
+import io
+from email.message import Message
+from email.parser import BytesParser
+from email.policy import HTTP
+from urllib.parse import parse_qsl
+
+from klein import Klein
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from imserver import metrics
+from imserver.core.errors import CoreError, InvalidInput, RateLimited
+from imserver.core.media import MediaTooLarge
+from imserver.store.redis import StoreError, StoreTimeout
+from imserver.web.http import (Params, UploadedFile, client_address, json_body, read_params,
+                               token_from)
+
+log = Logger()
+
+BAD_REQUEST, NO_TOKEN, TOO_MANY, UNAVAILABLE, TOO_LARGE = -1, -2, -5, -6, -7
+UPLOADS_PER_MINUTE = 60
+MULTIPART_OVERHEAD = 64 * 1024   # room for the form's other fields and part headers
+
+#: endpoint -> (MediaStore kind, success message)
+ENDPOINTS = {
+    "writev1": ("audio", "OK"),
+    "writev2": ("picture_or_audio", "OK"),
+    "writev3": ("video", "Succeeded"),
+}
+
+
+class NoToken(CoreError):
+    reason = "login required: pass a valid token"
+
+
+class NoFile(InvalidInput):
+    reason = "no file: post a multipart form with the file in field 'file'"
+
+
+class _Body:
+    """The parts of a request :func:`read_params` reads, detached from it."""
+
+    def __init__(self, uri: bytes, content_type: bytes, content):
+        self.uri = uri
+        self.content = content
+        self._content_type = content_type
+
+    def getHeader(self, name: bytes):
+        return self._content_type if name.lower() == b"content-type" else None
+
+
+def split_multipart(body: bytes, content_type: str) -> tuple[dict[str, str], dict[str, UploadedFile]]:
+    """
+    Fields and files of a ``multipart/form-data`` body.
+
+    The file bytes are sliced out by boundary search (C speed); only the small
+    part headers go through the e-mail parser. Raises InvalidInput when the
+    body is not the CRLF-delimited form browsers and HTTP libraries send.
+    """
+    header = Message()
+    header["content-type"] = content_type
+    boundary = header.get_param("boundary")
+    if not isinstance(boundary, str) or not boundary:
+        raise InvalidInput("multipart body without a boundary")
+    delimiter = b"--" + boundary.encode("latin-1")
+    fields: dict[str, str] = {}
+    files: dict[str, UploadedFile] = {}
+    pos = body.find(delimiter)
+    if pos < 0:
+        raise InvalidInput("malformed multipart body")
+    while True:
+        pos += len(delimiter)
+        if body[pos:pos + 2] == b"--":
+            return fields, files
+        if body[pos:pos + 2] != b"\r\n":
+            raise InvalidInput("malformed multipart body")
+        head_end = body.find(b"\r\n\r\n", pos)
+        if head_end < 0:
+            raise InvalidInput("malformed multipart body")
+        end = body.find(b"\r\n" + delimiter, head_end + 2)
+        if end < 0:
+            raise InvalidInput("malformed multipart body")
+        part = BytesParser(policy=HTTP).parsebytes(body[pos + 2:head_end + 4])
+        data = body[head_end + 4:end] if end >= head_end + 4 else b""
+        name = part.get_param("name", header="content-disposition")
+        if isinstance(name, str) and name:
+            filename = part.get_filename()
+            if filename is not None:
+                files[name] = UploadedFile(filename, part.get_content_type(), data)
+            else:
+                fields[name] = data.decode("utf-8", "replace")
+        pos = end + 2
+
+
+def read_upload(uri: bytes, content_type: bytes, content, max_body: int) -> Params:
+    """Query and body of an upload request; blocking (runs in a worker thread)."""
+    content.seek(0)
+    body = content.read()
+    ctype = content_type.decode("latin-1")
+    if ctype.lower().startswith("multipart/form-data"):
+        try:
+            fields, files = split_multipart(body, ctype)
+        except InvalidInput:
+            pass   # an unusual but valid form (bare LF line ends): the general parser
+        else:
+            params = Params()
+            query = uri.split(b"?", 1)[1] if b"?" in uri else b""
+            params.update(parse_qsl(query.decode("utf-8", "replace"), keep_blank_values=True))
+            params.update(fields)
+            params.files.update(files)
+            return params
+    return read_params(_Body(uri, content_type, io.BytesIO(body)), max_body)
+
+
+def _code(exc: Exception) -> int:
+    if isinstance(exc, NoToken):
+        return NO_TOKEN
+    if isinstance(exc, MediaTooLarge):
+        return TOO_LARGE
+    if isinstance(exc, InvalidInput):
+        return BAD_REQUEST
+    if isinstance(exc, RateLimited):
+        return TOO_MANY
+    return UNAVAILABLE
+
+
+def _routes(app: Klein, endpoint: str):
+    def decorate(f):
+        for prefix in ("/upload/", "/wsim/upload/"):
+            f = app.route(prefix + endpoint, methods=["GET", "POST"])(f)
+        return f
+    return decorate
+
+
+class UploadApi:
+    app = Klein()
+
+    def __init__(self, *, media, accounts, limits, blocking, legacy_auth: bool = False,
+                 per_minute: int = UPLOADS_PER_MINUTE, concurrency: int = 2):
+        self.media = media
+        self.accounts = accounts
+        self.limits = limits
+        self.blocking = blocking
+        self.legacy_auth = legacy_auth
+        self.per_minute = per_minute
+        self._slots = defer.DeferredSemaphore(concurrency)
+
+    # -- the envelope ----------------------------------------------------------------
+
+    @staticmethod
+    def _refused(request, exc: Exception):
+        reason = getattr(exc, "reason", None) or "service unavailable; try again"
+        status = 413 if isinstance(exc, MediaTooLarge) else 200
+        return json_body(request, {"code": _code(exc), "message": reason}, status)
+
+    @app.handle_errors(CoreError)
+    def _domain_error(self, request, failure):
+        return self._refused(request, failure.value)
+
+    @app.handle_errors(StoreTimeout, StoreError)
+    def _store_error(self, request, failure):
+        log.warn("upload refused: store unavailable ({error})", error=failure.value)
+        return self._refused(request, failure.value)
+
+    # -- the routes ----------------------------------------------------------------------
+
+    @_routes(app, "writev1")
+    async def writev1(self, request):
+        return await self._upload(request, "writev1")
+
+    @_routes(app, "writev2")
+    async def writev2(self, request):
+        return await self._upload(request, "writev2")
+
+    @_routes(app, "writev3")
+    async def writev3(self, request):
+        return await self._upload(request, "writev3")
+
+    async def _upload(self, request, endpoint: str):
+        metrics.HTTP_REQUESTS.labels("signal").inc()
+        kind, ok_message = ENDPOINTS[endpoint]
+        limit = self.media.limit_for(kind)
+        content = request.content
+        if request.method != b"POST" or content is None:
+            raise NoFile()
+        content.seek(0, 2)
+        if content.tell() > limit + MULTIPART_OVERHEAD:
+            raise MediaTooLarge(f"file too large: at most {limit} bytes")
+        params = await self._slots.run(
+            self.blocking, read_upload, request.uri,
+            request.getHeader(b"content-type") or b"", content, limit + MULTIPART_OVERHEAD)
+        who = await self._caller(request, params)
+        if not await self.limits.allow("upload", who, self.per_minute, 60):
+            raise RateLimited("too many uploads: wait a minute")
+        upload = params.files.get("file")
+        if upload is None and len(params.files) == 1:
+            upload = next(iter(params.files.values()))
+        if upload is None:
+            raise NoFile()
+        stored = await self.media.store_upload(upload.data, kind)
+        log.info("upload {name} ({size} bytes) by {who}", name=stored.name,
+                 size=stored.size, who=who)
+        return json_body(request, {"code": 0, "message": ok_message, "data": stored.url})
+
+    async def _caller(self, request, params) -> str:
+        """Who uploads: the token's user id, or (legacy, no token) the address."""
+        token = token_from(request, params)
+        if token:
+            user = await self.accounts.user_for_token(token)
+            if user is not None:
+                return str(user.id)
+        elif self.legacy_auth:
+            return "addr:" + client_address(request)
+        raise NoToken()
