@@ -30,12 +30,14 @@ from imserver.bus import Bus
 from imserver.config import Config
 from imserver.core.accounts import Accounts
 from imserver.core.catalog import Catalog
+from imserver.core.friends import Friends
 from imserver.core.limits import Limits
 from imserver.core.live import LiveRooms, deployment_secret, make_provider
 from imserver.core.media import MediaStore
 from imserver.core.presence import Presence
 from imserver.core.rooms import Rooms
 from imserver.core.sms import HttpSender, LogSender
+from imserver.core.wallet import Wallet
 from imserver.store.embedded import EmbeddedRedis
 from imserver.store.redis import Store, Subscription
 from imserver.web.media import MediaResource
@@ -62,6 +64,8 @@ class Core:
     rooms: Rooms | None = None        # the one room namespace (000, 002, 003)
     catalog: Catalog | None = None    # videos (000 video.php, 002 watch) and songs (002)
     live: LiveRooms | None = None     # 001 live rooms (friend list: who is live)
+    friends: Friends | None = None    # 001 friends and friend requests
+    wallet: Wallet | None = None      # 001 gold, gifts and the ledger
     media: MediaStore | None = None   # uploads and group pictures, served at /media/
     extra: dict = field(default_factory=dict)
 
@@ -96,15 +100,21 @@ async def build_core(config: Config, reactor, store: Store, bus: Bus, blocking) 
         qiniu_api_url=config.qiniu_api_url, qiniu_publish_domain=config.qiniu_publish_domain,
         qiniu_play_domain=config.qiniu_play_domain)
     core.live = LiveRooms(store, bus, provider, reactor)
+    core.friends = Friends(store, bus, reactor, live=core.live)
+    core.wallet = Wallet(store, bus, reactor, gold_per_unit=config.gold_per_unit)
     return core
 
 
 def build_dialects(core: Core) -> list:
+    from imserver.dialects.account import AccountDialect
     from imserver.dialects.chatroom import ChatroomDialect
 
     c = core
     return [
         ChatroomDialect(config=c.config, accounts=c.accounts, limits=c.limits),
+        AccountDialect(config=c.config, reactor=c.reactor, accounts=c.accounts,
+                       limits=c.limits, friends=c.friends, wallet=c.wallet, live=c.live,
+                       media=c.media),
     ]
 
 
