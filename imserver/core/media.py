@@ -658,7 +658,7 @@ class MediaStore:
             self.limits["video"] = max_upload
         self.limits.update(limits or {})
         self.max_pixels = max_pixels
-        self._slots = defer.DeferredSemaphore(concurrency)
+        self.slots = defer.DeferredSemaphore(concurrency)   # shared by every media job
 
     # names, paths, URLs
 
@@ -699,7 +699,7 @@ class MediaStore:
             raise MediaTooLarge(f"file too large: {len(data)} bytes, at most {limit}")
         if not data:
             raise EmptyUpload()
-        return await self._slots.run(self.blocking, self._store_upload, data, kind)
+        return await self.slots.run(self.blocking, self._store_upload, data, kind)
 
     def _store_upload(self, data: bytes, kind: str) -> StoredMedia:
         found = probe(data, kind, self.max_pixels)
@@ -723,7 +723,7 @@ class MediaStore:
         """
         refs = [r if isinstance(r, str) else "" for r in list(avatar_refs)[:GRID_MAX]]
         safe_key = re.sub(r"[^A-Za-z0-9]", "", str(key))[:40] or "group"
-        name = await self._slots.run(self.blocking, self._compose_grid, refs, safe_key)
+        name = await self.slots.run(self.blocking, self._compose_grid, refs, safe_key)
         return self.url_for(name)
 
     def _load_tile(self, ref: str, side: int):

@@ -34,7 +34,6 @@ from email.policy import HTTP
 from urllib.parse import parse_qsl
 
 from klein import Klein
-from twisted.internet import defer
 from twisted.logger import Logger
 
 from imserver import metrics
@@ -165,14 +164,13 @@ class UploadApi:
     app = Klein()
 
     def __init__(self, *, media, accounts, limits, blocking, legacy_auth: bool = False,
-                 per_minute: int = UPLOADS_PER_MINUTE, concurrency: int = 2):
+                 per_minute: int = UPLOADS_PER_MINUTE):
         self.media = media
         self.accounts = accounts
         self.limits = limits
         self.blocking = blocking
         self.legacy_auth = legacy_auth
         self.per_minute = per_minute
-        self._slots = defer.DeferredSemaphore(concurrency)
 
     # -- the envelope ----------------------------------------------------------------
 
@@ -215,7 +213,8 @@ class UploadApi:
         content.seek(0, 2)
         if content.tell() > limit + MULTIPART_OVERHEAD:
             raise MediaTooLarge(f"file too large: at most {limit} bytes")
-        params = await self._slots.run(
+        # splitting a 20 MB body is media work: it takes one of the media store's slots
+        params = await self.media.slots.run(
             self.blocking, read_upload, request.uri,
             request.getHeader(b"content-type") or b"", content, limit + MULTIPART_OVERHEAD)
         who = await self._caller(request, params)
