@@ -107,11 +107,15 @@ async def build_core(config: Config, reactor, store: Store, bus: Bus, blocking) 
 
 def build_dialects(core: Core) -> list:
     from imserver.dialects.account import AccountDialect
+    from imserver.dialects.chat import ChatDialect
     from imserver.dialects.chatroom import ChatroomDialect
 
     c = core
     return [
         ChatroomDialect(config=c.config, accounts=c.accounts, limits=c.limits),
+        ChatDialect(config=c.config, reactor=c.reactor, accounts=c.accounts, rooms=c.rooms,
+                    bus=c.bus, presence=c.presence, limits=c.limits, catalog=c.catalog,
+                    blocking=c.blocking),
         AccountDialect(config=c.config, reactor=c.reactor, accounts=c.accounts,
                        limits=c.limits, friends=c.friends, wallet=c.wallet, live=c.live,
                        media=c.media),
@@ -222,7 +226,8 @@ class IMService(service.MultiService):
         self.ports, self.dialect_ports = [], {}
         for dialect in self.dialects:
             try:
-                dialect.stop()
+                # a dialect may return a Deferred: its sessions leave their rooms
+                await defer.maybeDeferred(dialect.stop)
             except Exception:
                 log.failure("stopping dialect {name} failed", name=dialect.name)
         if self.core is not None:

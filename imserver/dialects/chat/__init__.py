@@ -1,0 +1,43 @@
+"""
+Document 000, the chat dialect: ``/ws/chat`` (type/data JSON chat rooms)
+and ``GET /video.php`` (the video list), over the shared rooms, accounts and
+catalogue.
+"""
+
+from autobahn.twisted.resource import WebSocketResource
+
+from imserver.dialects.chat.http import VideoApi
+from imserver.dialects.chat.ws import ChatFactory
+
+
+STOP_TIMEOUT = 5.0
+
+
+class ChatDialect:
+    name = "chat"
+
+    def __init__(self, *, config, reactor, accounts, rooms, bus, presence, limits, catalog,
+                 blocking):
+        self.factory = ChatFactory(config=config, reactor=reactor, accounts=accounts,
+                                   rooms=rooms, bus=bus, presence=presence, limits=limits)
+        self.factory.startFactory()
+        self.resource = WebSocketResource(self.factory)
+        self.http = VideoApi(catalog, blocking, config.max_body)
+
+    def mount(self, router) -> None:
+        router.add("/ws/chat", self.resource)
+        router.add_klein(self.http.app)
+
+    def websocket_resource(self):
+        return self.resource
+
+    def start(self) -> None:
+        pass
+
+    def stop(self):
+        """Drop the sessions; the Deferred fires once they have left their rooms."""
+        d = self.factory.close_all()
+        self.factory.stopFactory()
+        d.addTimeout(STOP_TIMEOUT, self.factory.reactor)
+        d.addErrback(lambda f: None)  # shutting down regardless
+        return d
