@@ -31,8 +31,10 @@ from imserver.config import Config
 from imserver.core.accounts import Accounts
 from imserver.core.catalog import Catalog
 from imserver.core.friends import Friends
+from imserver.core.groups import Groups
 from imserver.core.limits import Limits
 from imserver.core.live import LiveRooms, deployment_secret, make_provider
+from imserver.core.messages import Messages
 from imserver.core.media import MediaStore
 from imserver.core.presence import Presence
 from imserver.core.rooms import Rooms
@@ -67,6 +69,8 @@ class Core:
     friends: Friends | None = None    # 001 friends and friend requests
     wallet: Wallet | None = None      # 001 gold, gifts and the ledger
     media: MediaStore | None = None   # uploads and group pictures, served at /media/
+    messages: Messages | None = None  # 004 direct and group conversations, offline inbox
+    groups: Groups | None = None      # 004 groups
     extra: dict = field(default_factory=dict)
 
 
@@ -102,6 +106,11 @@ async def build_core(config: Config, reactor, store: Store, bus: Bus, blocking) 
     core.live = LiveRooms(store, bus, provider, reactor)
     core.friends = Friends(store, bus, reactor, live=core.live)
     core.wallet = Wallet(store, bus, reactor, gold_per_unit=config.gold_per_unit)
+    core.messages = Messages(store, bus, reactor, history_length=config.history_length,
+                             history_days=config.history_days,
+                             user_rate=2 * config.messages_per_second)
+    core.groups = Groups(store, bus, accounts, media=getattr(core, "media", None),
+                         public_url=config.public_url)
     return core
 
 
@@ -109,10 +118,14 @@ def build_dialects(core: Core) -> list:
     from imserver.dialects.account import AccountDialect
     from imserver.dialects.chat import ChatDialect
     from imserver.dialects.chatroom import ChatroomDialect
+    from imserver.dialects.signal import SignalDialect
 
     c = core
     return [
         ChatroomDialect(config=c.config, accounts=c.accounts, limits=c.limits),
+        SignalDialect(config=c.config, reactor=c.reactor, accounts=c.accounts,
+                      presence=c.presence, bus=c.bus, limits=c.limits, messages=c.messages,
+                      groups=c.groups),
         ChatDialect(config=c.config, reactor=c.reactor, accounts=c.accounts, rooms=c.rooms,
                     bus=c.bus, presence=c.presence, limits=c.limits, catalog=c.catalog,
                     blocking=c.blocking),

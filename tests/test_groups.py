@@ -24,7 +24,7 @@ class FakeMedia:
     def __init__(self):
         self.calls = []
 
-    async def compose_grid(self, refs):
+    async def compose_grid(self, refs, key):
         self.calls.append(list(refs))
         return f"http://media.test/media/grid-{len(self.calls)}.jpg"
 
@@ -149,7 +149,7 @@ class GroupRulesTests:
         groups = Groups(store, bus, accounts, public_url="http://h:1/")
         a, b = await users(accounts, 2)
         group = await groups.create(a, "g", [b])
-        assert group.snap.startswith(f"http://h:1/media/group-{group.id}-")
+        assert group.snap.startswith(f"http://h:1/media/{group.id}_")
         again = Groups(store, bus, accounts, public_url="http://h:1")
         assert again.fallback_snap(group.id, ["", ""]) == group.snap
 

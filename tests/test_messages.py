@@ -227,3 +227,30 @@ class InboxTests:
         await messages.went_offline(a, backdate=60)
         early = await messages.take_inbox(a)
         assert plain - early >= 59_000
+
+
+class ClockTests:
+    @pytest_twisted.ensureDeferred
+    async def test_ids_order_across_conversations(self, messages, groups, accounts):
+        """Ids of different conversations sort in the order the messages were stored."""
+        a, b, c = await users(accounts, 3)
+        group = await groups.create(a, "g", [b])
+        ids = []
+        for i in range(30):
+            if i % 3 == 0:
+                ids.append(await messages.send(a, "text", group.id, "group", str(i)))
+            else:
+                ids.append(await messages.send(a, "text", b if i % 3 == 1 else c, "unicast",
+                                               str(i)))
+        assert sorted(ids, key=lambda i: tuple(map(int, i.split("-")))) == ids
+        assert len(set(ids)) == 30
+
+    @pytest_twisted.ensureDeferred
+    async def test_lost_clock_follows_the_log(self, messages, store, accounts):
+        """If the clock key is lost while a log is ahead of it, sending still works."""
+        a, b = await users(accounts, 2)
+        await store.execute("XADD", keys.direct_log(a, b), "99999999999999-0", "f", a)
+        await store.execute("DEL", keys.message_clock())
+        mid = await messages.send(a, "text", b, "unicast", "x")
+        assert mid > "99999999999999-0"
+        assert await messages.send(a, "text", b, "unicast", "y") > mid

@@ -25,7 +25,7 @@ position to read the group from, the join time) on ``user:<id>``, each
 member removed ``group.left`` ``{group_id}``.
 
 ``snap`` is a picture: a grid of the first nine members' avatars composed by
-the media service (``media.compose_grid(avatar_refs) -> url``, off the
+the media service (``media.compose_grid(avatar_refs, group_id) -> url``, off the
 reactor thread), made again whenever the membership changes.
 """
 
@@ -327,8 +327,8 @@ class Groups:
 
     def fallback_snap(self, gid: str, refs: list[str]) -> str:
         """The snap URL while no media service composes pictures."""
-        digest = hashlib.sha256("\n".join(refs).encode()).hexdigest()[:16]
-        return f"{self.public_url}/media/group-{gid}-{digest}.jpg"
+        digest = hashlib.sha256("\n".join(refs).encode()).hexdigest()[:8]
+        return f"{self.public_url}/media/{gid}_{digest}.jpg"
 
     async def _refresh_snap(self, gid: str) -> None:
         first = await self.store.execute("ZRANGE", keys.group_members(gid), 0,
@@ -337,7 +337,7 @@ class Groups:
         refs = [users[int(u)].avatar if int(u) in users else "" for u in first]
         if self.media is not None:
             try:
-                url = await self.media.compose_grid(refs)
+                url = await self.media.compose_grid(refs, gid)
             except Exception:
                 log.failure("composing the snap of group {gid} failed", gid=gid)
                 return

@@ -24,6 +24,10 @@ through Redis pub/sub anyway) would otherwise publish after a second round
 trip, and two processes could interleave differently. The event is the bus's
 own JSON (:meth:`imserver.bus.Event.to_json`) with the stream id spliced in.
 
+Ids come from one clock for all conversations (``keys.message_clock``:
+Redis time in ms plus a sequence within the ms, never going back), so they
+also order messages of different conversations as they were stored.
+
 The offline inbox is a position, not a copy: when a user's last connection
 closes, :meth:`Messages.went_offline` records the Redis time in
 ``keys.user_offline_since``; the next login takes that mark
@@ -86,16 +90,40 @@ if limit > 0 then
 end
 """
 
+# The next message id from the one clock of all conversations (KEYS[CLOCK]):
+# Redis time in ms, and a sequence number within the millisecond, never
+# going back. Sorting ids of different conversations thus gives the order
+# they were stored in (the offline inbox merges conversations that way).
+_NEXT_ID = """
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local seq = 0
+local last = redis.call('GET', KEYS[CLOCK])
+if last then
+  local lms, lseq = string.match(last, '^(%d+)-(%d+)$')
+  lms, lseq = tonumber(lms), tonumber(lseq)
+  if lms >= ms then ms, seq = lms, lseq + 1 end
+end
+local id = string.format('%.0f-%.0f', ms, seq)
+redis.call('SET', KEYS[CLOCK], id)
+"""
+
 # KEYS: recipient's user record, the pair's log, sender's peers, recipient's
-# peers, the sender's rate counter. ARGV: rate limit (0: none), rate window,
+# peers, the sender's rate counter, the message clock. ARGV: rate limit (0: none), rate window,
 # max length, max age (ms), from, to, kind, payload, ext, channel of the
 # recipient, channel of the sender ('' when they are the same), event JSON
 # before and after the id. Returns {1, id} or {0, error code}.
 SEND_DIRECT = Script("signal_send_direct", _RATE.replace("RATE", "5") + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 'unknownuser'} end
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*',
-                      'f', ARGV[5], 't', ARGV[6], 'k', ARGV[7], 'p', ARGV[8], 'e', ARGV[9])
-local ms = tonumber(string.match(id, '^%d+'))
+""" + _NEXT_ID.replace("CLOCK", "6") + """
+if type(redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], id, 'f', ARGV[5], 't', ARGV[6],
+                   'k', ARGV[7], 'p', ARGV[8], 'e', ARGV[9])) ~= 'string' then
+  -- the log is ahead of the clock (the clock key was lost): follow the log
+  id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'f', ARGV[5], 't', ARGV[6],
+                  'k', ARGV[7], 'p', ARGV[8], 'e', ARGV[9])
+  redis.call('SET', KEYS[6], id)
+  ms = tonumber(string.match(id, '^%d+'))
+end
 redis.call('XTRIM', KEYS[2], 'MINID', '~', string.format('%.0f', ms - tonumber(ARGV[4])))
 redis.call('ZADD', KEYS[3], ms, ARGV[6])
 redis.call('ZADD', KEYS[4], ms, ARGV[5])
@@ -105,15 +133,20 @@ if ARGV[11] ~= '' then redis.call('PUBLISH', ARGV[11], event) end
 return {1, id}
 """)
 
-# KEYS: group record, its members, its log, the sender's rate counter.
-# ARGV: rate limit, rate window, max length, max age (ms), from, kind,
+# KEYS: group record, its members, its log, the sender's rate counter, the
+# message clock. ARGV: rate limit, rate window, max length, max age (ms), from, kind,
 # payload, ext, channel, event JSON before and after the id.
 SEND_GROUP = Script("signal_send_group", _RATE.replace("RATE", "4") + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 'unknowngroup'} end
 if not redis.call('ZSCORE', KEYS[2], ARGV[5]) then return {0, 'notmember'} end
-local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*',
-                      'f', ARGV[5], 'k', ARGV[6], 'p', ARGV[7], 'e', ARGV[8])
-local ms = tonumber(string.match(id, '^%d+'))
+""" + _NEXT_ID.replace("CLOCK", "5") + """
+if type(redis.pcall('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], id, 'f', ARGV[5], 'k', ARGV[6],
+                   'p', ARGV[7], 'e', ARGV[8])) ~= 'string' then
+  id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'f', ARGV[5], 'k', ARGV[6],
+                  'p', ARGV[7], 'e', ARGV[8])
+  redis.call('SET', KEYS[5], id)
+  ms = tonumber(string.match(id, '^%d+'))
+end
 redis.call('XTRIM', KEYS[3], 'MINID', '~', string.format('%.0f', ms - tonumber(ARGV[4])))
 redis.call('PUBLISH', ARGV[9], ARGV[10] .. id .. ARGV[11])
 return {1, id}
@@ -236,7 +269,7 @@ class Messages:
             ok, value = await self.store.eval(
                 SEND_DIRECT,
                 [keys.user(to), keys.direct_log(sender, to), keys.user_peers(sender),
-                 keys.user_peers(to), self._rate_key(sender)],
+                 keys.user_peers(to), self._rate_key(sender), keys.message_clock()],
                 common + [sender, to, kind, payload, ext, keys.bus_channel("user:" + to),
                           "" if to == sender else keys.bus_channel("user:" + sender),
                           head, tail])
@@ -244,7 +277,7 @@ class Messages:
             ok, value = await self.store.eval(
                 SEND_GROUP,
                 [keys.group(to), keys.group_members(to), keys.group_log(to),
-                 self._rate_key(sender)],
+                 self._rate_key(sender), keys.message_clock()],
                 common + [sender, kind, payload, ext, keys.bus_channel("group:" + to),
                           head, tail])
         else:

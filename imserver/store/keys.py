@@ -148,6 +148,9 @@ def user_peers(uid) -> str:          # zset: peer user id -> time (ms) of the la
 def user_offline_since(uid) -> str:  # string: Redis time (ms) the user's last connection closed
     return f"im:user:{uid}:offline"
 
+def message_clock() -> str:          # string: the last message id given out ("<ms>-<seq>"); ids
+    return "im:msg:clock"            # of all conversations form one increasing sequence
+
 # -- account: friends and gold (imserver.core.friends, imserver.core.wallet) --
 def friends(uid) -> str:             # zset: friend's user id -> since (epoch ms)
     return f"im:friends:{uid}"

@@ -1,0 +1,100 @@
+"""
+Document 004, the signal dialect: IM over the ``/entry`` WebSocket and the
+group API over HTTP.
+
+:class:`SignalDialect` is built in the composition root with the core
+services it uses; it mounts ``/entry`` and ``/wsim/entry`` (one Autobahn
+factory, :mod:`.ws`), the group routes (:mod:`.groups_http`) and serves the
+same WebSocket alone for ``--dialect-listen signal=ENDPOINT``. The upload
+routes (``/upload/writev1..3``) are :mod:`.upload`'s. The wire is described
+in ``docs/signal.rst``.
+"""
+
+from __future__ import annotations
+
+from autobahn.twisted.resource import WebSocketResource
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from imserver import metrics
+from imserver.dialects.signal.groups_http import GroupApi
+from imserver.dialects.signal.ws import Heartbeat, SignalFactory, SignalWire
+
+log = Logger()
+
+ENTRY_PATHS = ("/entry", "/wsim/entry")
+
+
+class SignalDialect:
+    name = "signal"
+
+    def __init__(self, *, config, reactor, accounts, presence, bus, limits, messages, groups,
+                 max_message: int = 16 * 1024, conn_rate: int | None = None):
+        self.config = config
+        self.clock = reactor
+        self.accounts = accounts
+        self.presence = presence
+        self.bus = bus
+        self.limits = limits
+        self.messages = messages
+        self.groups = groups
+        self.legacy_auth = config.legacy_auth
+        self.max_message = min(max_message, config.max_frame)
+        self.conn_rate = conn_rate or config.messages_per_second
+        self.sessions: set = set()
+        self.delivered = 0            # frames written by the fan-out path, for metrics
+        self._counted = 0
+        self.factory = SignalFactory(self, max_frame=config.max_frame)
+        self.wire = SignalWire(self.factory.prepareMessage)
+        self.resource = WebSocketResource(self.factory)
+        self.group_api = GroupApi(accounts=accounts, groups=groups, limits=limits,
+                                  ok_code=config.signal_group_ok_code,
+                                  max_body=config.max_body)
+        self.heartbeat = Heartbeat(self, reactor, config.ping_interval, config.idle_timeout)
+        self._out = metrics.MESSAGES_OUT.labels("signal")
+        presence.on_dead(self._connection_died)
+
+    def mount(self, router) -> None:
+        for path in ENTRY_PATHS:
+            router.add(path, self.resource)
+        router.add_klein(self.group_api.app)
+
+    def websocket_resource(self):
+        return self.resource
+
+    def start(self) -> None:
+        self.factory.startFactory()
+        self.heartbeat.start()
+
+    def stop(self) -> defer.Deferred:
+        """Stop the loops and let the users of this process go offline in Redis."""
+        self.heartbeat.stop()
+        self.flush_metrics()
+        self.factory.stopFactory()
+        return defer.ensureDeferred(self._part())
+
+    async def _part(self) -> None:
+        for session in tuple(self.sessions):
+            uid = session.user_id
+            if uid is None or not session._registered:
+                continue
+            session._registered = False
+            try:
+                await self.presence.disconnect(session.conn_id)
+                await self.messages.went_offline(uid)
+            except Exception:
+                log.failure("signal: marking {uid} offline failed", uid=uid)
+
+    def flush_metrics(self) -> None:
+        n, self._counted = self.delivered - self._counted, self.delivered
+        if n:
+            self._out.inc(n)
+
+    async def _connection_died(self, record: dict) -> None:
+        """A process died with this connection: its user may be offline now."""
+        if record.get("dialect") != self.name or not record.get("user_id"):
+            return
+        # the dead process delivered nothing for about as long as it took
+        # to notice: date the offline mark back by that much
+        await self.messages.went_offline(record["user_id"],
+                                         backdate=self.presence.dead_after)

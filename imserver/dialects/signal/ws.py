@@ -1,0 +1,436 @@
+"""
+The ``/entry`` WebSocket of document 004: a thin Autobahn protocol.
+
+Each text frame is decoded by :mod:`.codec`, handed to the core
+(:class:`~imserver.core.messages.Messages`, :class:`~imserver.core.groups.Groups`,
+accounts, presence) and answered with frames from :mod:`.codec`. Frames of
+one connection are handled one after the other, so its messages are stored
+in the order it sent them.
+
+A logged-in session follows the bus topics ``user:<id>`` and
+``group:<gid>`` for each of its groups. :class:`SignalWire` is the dialect's
+bus codec: the bus asks it once per event for the wire (a
+``PreparedMessage``: framed once), and :meth:`SignalSession.deliver` writes
+that same frame to every session, checking only the outgoing queue bound.
+While a session catches up (the offline inbox after login, a group it was
+just added to) live events are held back and then released minus the ones
+the catch-up already delivered, so each message arrives once and in order.
+
+Liveness: one loop per dialect (:class:`Heartbeat`) writes the document's
+``heartbeat_<timet>`` and a WebSocket ping to every session each
+``ping_interval`` and drops sessions silent for ``idle_timeout``. One loop
+instead of Autobahn's per-connection ``autoPing`` timers keeps an idle
+connection cheap; any frame received, pongs included, counts as a sign of
+life.
+"""
+
+from __future__ import annotations
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from imserver import metrics
+from imserver.core.errors import CoreError, Forbidden, InvalidInput, NotFound, RateLimited
+from imserver.core.groups import GroupNotFound
+from imserver.core.messages import (MESSAGE_EVENT, NotMember, TooFast, UnknownGroup,
+                                    UnknownRecipient)
+from imserver.dialects.signal import codec
+from imserver.store.redis import StoreError, StoreTimeout
+from imserver.web.wsbase import SLOW_CLIENT_CODE, BoundedSession, queued_bytes
+
+log = Logger()
+
+AUTH_FAILED_CODE = 4001
+STATE_OPEN = WebSocketProtocol.STATE_OPEN
+PING_FRAME = b"\x89\x00"          # an empty, unmasked WebSocket ping
+MAX_PENDING = 64                  # frames queued on one connection before it is paused
+
+_CLOSE = object()                 # queued after the frames when the connection goes
+_MESSAGES_IN = metrics.MESSAGES_IN.labels("signal")
+
+
+class SignalWire:
+    """The signal dialect's bus codec: one ``PreparedMessage`` per event."""
+
+    def __init__(self, prepare):
+        self._prepare = prepare   # factory.prepareMessage
+
+    def encode_event(self, event):
+        out = codec.event_output(event.topic, event.kind, event.data)
+        if out.__class__ is str:
+            return self._prepare(out.encode("utf-8"))
+        return out
+
+    def prepare_text(self, text: str) -> PreparedMessage:
+        return self._prepare(text.encode("utf-8"))
+
+
+def _error_code(exc: Exception) -> str:
+    if isinstance(exc, NotMember):
+        return codec.NOT_MEMBER
+    if isinstance(exc, UnknownRecipient):
+        return codec.UNKNOWN_USER
+    if isinstance(exc, (UnknownGroup, GroupNotFound)):
+        return codec.UNKNOWN_GROUP
+    if isinstance(exc, (TooFast, RateLimited)):
+        return codec.TOO_FAST
+    if isinstance(exc, InvalidInput):
+        return codec.MALFORMED
+    if isinstance(exc, NotFound):
+        return codec.UNKNOWN_USER
+    if isinstance(exc, Forbidden):
+        return codec.NOT_MEMBER
+    return codec.UNAVAILABLE
+
+
+async def subscribed(deferreds, clock, timeout: float = 5.0) -> None:
+    """Wait until Redis confirmed the subscriptions (``follow``'s Deferreds).
+
+    A log read after this misses nothing: whatever is appended later is
+    also published to us. Without the pub/sub link (Redis restarting) give
+    up waiting after ``timeout``; the bus's resync covers the rest.
+    """
+    d = defer.gatherResults(list(deferreds), consumeErrors=True)
+    d.addTimeout(timeout, clock)
+    try:
+        await d
+    except defer.TimeoutError:
+        log.warn("signal: subscriptions not confirmed within {t}s", t=timeout)
+
+
+class SignalSession(BoundedSession, WebSocketServerProtocol):
+    dialect = "signal"
+    user_id: str | None = None
+    _pending: list | None = None    # frames waiting while one is handled (None: idle)
+    _held: list | None = None       # live events held back during a catch-up
+    _closed = False
+    _registered = False             # presence knows this connection
+    _rate_window = 0
+    _rate_count = 0
+
+    # -- Autobahn callbacks ---------------------------------------------------------
+
+    def onConnect(self, request):
+        return None
+
+    def onOpen(self):
+        d = self.factory.dialect
+        self.codec = d.wire
+        self.session_opened(d.presence.new_conn_id())
+        self.last_heard = d.clock.seconds()
+        d.sessions.add(self)
+
+    def dataReceived(self, data):
+        self.last_heard = self.factory.dialect.clock.seconds()
+        super().dataReceived(data)
+
+    def onMessage(self, payload, isBinary):
+        _MESSAGES_IN.inc()
+        item = None if isBinary else payload
+        self._enqueue(item)
+
+    def onClose(self, wasClean, code, reason):
+        if self._closed:
+            return
+        self._closed = True
+        d = self.factory.dialect
+        d.sessions.discard(self)
+        if self.conn_id is not None:
+            self.session_closed(d.bus)
+            self._enqueue(_CLOSE)
+
+    # -- one frame at a time ----------------------------------------------------------
+
+    def _enqueue(self, item) -> None:
+        if self._pending is not None:
+            self._pending.append(item)
+            if len(self._pending) == MAX_PENDING and self.transport is not None:
+                self.transport.pauseProducing()
+            return
+        self._pending = []
+        defer.ensureDeferred(self._drain(item))
+
+    async def _drain(self, item) -> None:
+        while True:
+            try:
+                if item is _CLOSE:
+                    await self._end_session()
+                elif self._closed:
+                    pass
+                elif item.__class__ is _Join:
+                    await self._join_group(item.group_id, item.since)
+                else:
+                    await self._handle(item)
+            except Exception:
+                log.failure("signal: handling a frame failed")
+            pending = self._pending
+            if not pending:
+                self._pending = None
+                return
+            item = pending.pop(0)
+            if len(pending) == MAX_PENDING - 1 and self.transport is not None and not self._closed:
+                self.transport.resumeProducing()
+
+    async def _handle(self, payload) -> None:
+        d = self.factory.dialect
+        if payload is None:
+            self.send_text(codec.error_frame(codec.MALFORMED, "text frames only"))
+            return
+        if len(payload) > d.max_message:
+            self.send_text(codec.error_frame(
+                codec.TOO_LARGE, f"frames are limited to {d.max_message} bytes"))
+            return
+        try:
+            req = codec.parse_frame(payload.decode("utf-8"))
+        except codec.FrameError as e:
+            self.send_text(codec.error_frame(e.code, e.reason))
+            return
+        try:
+            if isinstance(req, codec.Send):
+                await self._send(req)
+            elif isinstance(req, codec.Heartbeat):
+                pass
+            elif isinstance(req, codec.Login):
+                await self._login(req)
+            elif isinstance(req, codec.Logout):
+                await self._logout()
+            elif self.user_id is None:
+                self.send_text(codec.error_frame(codec.NOT_LOGGED_IN, "log in first"))
+            elif isinstance(req, codec.Members):
+                ids = await d.groups.member_ids(self.user_id, req.group_id)
+                self.send_text(codec.members_frame(req.group_id, ids))
+            elif isinstance(req, codec.Records):
+                await self._records(req)
+        except CoreError as e:
+            self.send_text(codec.error_frame(_error_code(e), e.reason))
+        except (StoreTimeout, StoreError):
+            log.failure("signal: store failed")
+            self.send_text(codec.error_frame(codec.UNAVAILABLE, "try again later"))
+
+    # -- requests -----------------------------------------------------------------------
+
+    def send_text(self, text: str) -> None:
+        if self.state == STATE_OPEN:
+            self.sendMessage(text.encode("utf-8"))
+
+    async def _send(self, req: codec.Send) -> None:
+        d = self.factory.dialect
+        if self.user_id is None:
+            self.send_text(codec.error_frame(codec.NOT_LOGGED_IN, "log in first"))
+            return
+        window = int(d.clock.seconds())
+        if window != self._rate_window:
+            self._rate_window, self._rate_count = window, 0
+        self._rate_count += 1
+        if self._rate_count > d.conn_rate:
+            self.send_text(codec.error_frame(codec.TOO_FAST, "too many messages; slow down"))
+            return
+        await d.messages.send(self.user_id, req.kind, req.to, req.type, req.payload, req.ext,
+                              conn_id=self.conn_id)
+
+    async def _login(self, req: codec.Login) -> None:
+        d = self.factory.dialect
+        if self.user_id is not None:
+            if self.user_id == req.user_id:
+                self.send_text(codec.login_ok_frame(self.user_id))
+                return
+            await self._end_session()
+        if req.token is not None:
+            user = await d.accounts.user_for_token(req.token)
+            if user is None or str(user.id) != req.user_id:
+                self._refuse("invalid token for this user")
+                return
+        elif d.legacy_auth:
+            user = await d.accounts.get(int(req.user_id))
+            if user is None:
+                self._refuse("unknown user")
+                return
+        else:
+            self._refuse("login needs a token: login_<userid>_<token>")
+            return
+        if self._closed:
+            return
+        uid = str(user.id)
+        self.user_id = uid
+        self._registered = True
+        await d.presence.connect(self.conn_id, uid, "signal")
+        group_ids = await d.groups.group_ids_of(uid)
+        if self._closed:
+            return
+
+        def follow():
+            return [self.follow(d.bus, topic)
+                    for topic in ["user:" + uid] + ["group:" + gid for gid in group_ids]]
+
+        async def fetch():
+            since = await d.messages.take_inbox(uid)
+            self.send_text(codec.login_ok_frame(uid))
+            if since is None:
+                return []
+            return await d.messages.inbox(uid, since)
+
+        await self._catch_up(follow, fetch)
+
+    def _refuse(self, reason: str) -> None:
+        log.info("signal: login refused ({reason})", reason=reason)
+        self.sendClose(AUTH_FAILED_CODE, reason)
+
+    async def _logout(self) -> None:
+        if self.user_id is None:
+            self.send_text(codec.error_frame(codec.NOT_LOGGED_IN, "not logged in"))
+            return
+        uid = self.user_id
+        await self._end_session()
+        self.send_text(codec.logout_ok_frame(uid))
+
+    async def _end_session(self) -> None:
+        """Forget the login: topics, presence, and the offline mark if it was the last."""
+        d = self.factory.dialect
+        uid, self.user_id = self.user_id, None
+        for topic in list(self.topics):
+            self.unfollow(d.bus, topic)
+        if self._registered:
+            self._registered = False
+            await d.presence.disconnect(self.conn_id)
+            if uid is not None:
+                # nothing written since the client's last sign of life is
+                # known to have arrived: the inbox starts there
+                await d.messages.went_offline(
+                    uid, backdate=max(0.0, d.clock.seconds() - self.last_heard))
+
+    async def _records(self, req: codec.Records) -> None:
+        d = self.factory.dialect
+        type_, messages = await d.messages.history(self.user_id, req.target, req.type, req.after)
+        for m in messages:
+            self.send_text(self._message_frame(m))
+        cursor = messages[-1].id if messages else req.after
+        self.send_text(codec.records_end_frame(req.target, len(messages), cursor))
+
+    def _message_frame(self, m) -> str:
+        conversation = codec.conversation_for(m.sender, m.to, m.type, self.user_id)
+        return codec.message_frame(m.kind, m.sender, m.payload, m.type, conversation,
+                                   codec.timet_of(m.id), m.ext)
+
+    # -- catching up ----------------------------------------------------------------------
+
+    async def _catch_up(self, subscribe, fetch) -> None:
+        """Subscribe, read the log, send it, then release the live events held meanwhile."""
+        d = self.factory.dialect
+        self._held = held = []
+        delivered = set()
+        try:
+            await subscribed(subscribe(), d.clock)
+            for m in await fetch():
+                if m.id not in delivered:
+                    delivered.add(m.id)
+                    self.send_text(self._message_frame(m))
+        finally:
+            self._held = None
+            for event, wire in held:
+                if event.kind == MESSAGE_EVENT and event.data.get("id") in delivered:
+                    continue
+                self.deliver(event, wire)
+
+    async def _join_group(self, gid: str, since: str) -> None:
+        d = self.factory.dialect
+        if self.user_id is None or "group:" + gid in self.topics:
+            return
+
+        async def fetch():
+            # from the join on: the member may read nothing older anyway
+            _, messages = await d.messages.history(self.user_id, gid, codec.GROUP, "0-0")
+            return messages
+
+        await self._catch_up(lambda: [self.follow(d.bus, "group:" + gid)], fetch)
+
+    # -- the bus sink ------------------------------------------------------------------------
+
+    def deliver(self, event, wire) -> None:
+        if self._held is not None:
+            self._held.append((event, wire))
+            return
+        if wire.__class__ is PreparedMessage:
+            transport = self.transport
+            if transport is None or self.state != STATE_OPEN:
+                return
+            if queued_bytes(transport) > self.max_queue:
+                metrics.SLOW_CLIENTS.labels(self.dialect).inc()
+                self.sendClose(SLOW_CLIENT_CODE, "client too slow: outgoing queue full")
+                return
+            # the frame is complete (server frames are not masked) and no
+            # frames of ours are queued inside Autobahn (we never chop or
+            # sync-send): write it as is
+            transport.write(wire.payloadHybi)
+            self.factory.dialect.delivered += 1
+        elif isinstance(wire, codec.MembershipChange):
+            if wire.joined:
+                self._enqueue(_Join(wire.group_id, wire.since))
+            else:
+                self.unfollow(self.factory.dialect.bus, "group:" + wire.group_id)
+
+
+class _Join:
+    """Queued with the frames: follow a group the user was just added to."""
+
+    __slots__ = ("group_id", "since")
+
+    def __init__(self, group_id: str, since: str):
+        self.group_id = group_id
+        self.since = since
+
+
+class SignalFactory(WebSocketServerFactory):
+    protocol = SignalSession
+
+    def __init__(self, dialect, *, max_frame: int, handshake_timeout: float = 10.0):
+        super().__init__()
+        self.dialect = dialect
+        self.setProtocolOptions(
+            maxFramePayloadSize=max_frame, maxMessagePayloadSize=max_frame,
+            openHandshakeTimeout=handshake_timeout, autoPingInterval=0,
+            closeHandshakeTimeout=5)
+
+
+class Heartbeat:
+    """The dialect's liveness loop: heartbeats and pings out, silent sessions dropped."""
+
+    def __init__(self, dialect, clock, interval: float, idle_timeout: float):
+        self.dialect = dialect
+        self.clock = clock
+        self.interval = interval
+        self.idle_timeout = idle_timeout
+        self._beat = task.LoopingCall(self.beat)
+        self._beat.clock = clock
+        self._sweep = task.LoopingCall(self.sweep)
+        self._sweep.clock = clock
+
+    def start(self) -> None:
+        self._beat.start(self.interval, now=False)
+        # a silent session goes at most a tenth of the timeout late
+        self._sweep.start(max(0.05, self.idle_timeout / 10), now=False)
+
+    def stop(self) -> None:
+        for loop in (self._beat, self._sweep):
+            if loop.running:
+                loop.stop()
+
+    def beat(self) -> None:
+        d = self.dialect
+        frame = d.wire.prepare_text(codec.heartbeat_frame(int(self.clock.seconds()))).payloadHybi
+        data = frame + PING_FRAME
+        for s in tuple(d.sessions):
+            t = s.transport
+            if t is not None and s.state == STATE_OPEN and queued_bytes(t) <= s.max_queue:
+                t.write(data)
+
+    def sweep(self) -> None:
+        self.dialect.flush_metrics()
+        deadline = self.clock.seconds() - self.idle_timeout
+        for s in tuple(self.dialect.sessions):
+            if s.last_heard < deadline:
+                log.info("signal: dropping connection {conn} silent for {t:.0f}s",
+                         conn=s.conn_id, t=self.clock.seconds() - s.last_heard)
+                self.dialect.sessions.discard(s)
+                s.dropConnection(abort=True)
