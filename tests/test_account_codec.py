@@ -80,3 +80,17 @@ def test_shapes_never_leak_secrets():
     mine = FriendRequest(requester=a.id, requestee=b.id, ts=123, accepted=True, mine=True)
     assert codec.friend_message(mine, a, b)["flag"] == 3
     assert codec.friend_message(mine, a, b)["userId"] == "10002"
+
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+
+@given(st.text())
+def test_codec_total_on_any_text(text):
+    """The input checks answer for any text and never raise."""
+    assert isinstance(codec.is_phone(text), bool)
+    assert codec.password_problem(text) is None or isinstance(codec.password_problem(text), str)
+    assert codec.avatar_problem(text) is None or isinstance(codec.avatar_problem(text), str)
+    who, ts = codec.split_ref(text)
+    assert isinstance(who, str) and (ts is None or ts >= 0)
+    assert isinstance(codec.flag({"f": text}, "f"), bool)

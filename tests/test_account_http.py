@@ -508,3 +508,78 @@ async def test_upload_refuses_bad_pictures(start_server, picture):
     body = await c.post_multipart("/upload", files={"img": ("a.png", "image/png",
                                                             io.BytesIO(picture))})
     assert body["result"] == "0006" and body["message"]
+
+
+GARBAGE = ["", "1", "0", "-1", "true", "13800000051", "13800000052", "13899999999", "10",
+           "50", "100", "nan", "inf", "-inf", "1e309", "99999999999999999999999", "1.5",
+           "accept", "delete", "x" * 5000, "密码\u0000\u202e", "13800000051,abc", ",", "，",
+           "13800000052,1", "javascript:alert(1)", "{}", "[]", "%00", "../../etc/passwd"]
+NAMES = ["userId", "token", "code", "code_v", "register", "password", "gender", "nickname",
+         "headImage", "expire_in", "title", "live", "leave", "friendlist", "messagelist",
+         "search", "add", "dealMessage", "delete", "verifyId", "objectId", "behaviour",
+         "refill", "money", "send_gift", "value", "object", "description", "balance",
+         "ledger", "offset", "limit"]
+FLAGS = {"/register": ["register", "code", "userId"], "/upload": ["img"], "/log": ["userId"],
+         "/room": ["live", "leave"], "/list": ["friendlist", "messagelist"],
+         "/friend": ["search", "add", "dealMessage", "delete"],
+         "/golden": ["refill", "send_gift", "balance", "ledger"]}
+PATHS = list(FLAGS)
+
+
+@pytest_twisted.ensureDeferred
+async def test_garbage_requests_get_envelopes(start_server):
+    """Random parameters in every form get the envelope, never an internal error."""
+    import random
+
+    srv = await start_server()
+    c = Client(srv.url)
+    _, token = await make_user(srv, "13800000051")
+    await make_user(srv, "13800000052")
+    rng = random.Random(20240601)
+    for i in range(200):
+        path = rng.choice(PATHS)
+        params = {rng.choice(NAMES): rng.choice(GARBAGE) for _ in range(rng.randint(0, 6))}
+        if rng.random() < 0.8:
+            params[rng.choice(FLAGS[path])] = "1"
+        if rng.random() < 0.7:
+            params["token"] = token
+        form = i % 3
+        if form == 0:
+            body = await c.post(path, **params)
+        elif form == 1:
+            weird = rng.choice([None, 7, 1.5, True, [1, "a"], {"k": "v"}])
+            body = await c.post_json(path, **{**params, rng.choice(NAMES): weird})
+        else:
+            body = await c.get(path, **params) if path != "/upload" else await c.post(path)
+        assert body["message"] not in ("internal error", "update failed"), (path, params)
+    # the server is still fine
+    assert (await c.post("/log", userId="13800000051", password=PASSWORD))["result"] == "0000"
+
+
+HOSTILE = ["", "0", "-1", "nan", "inf", "1e309", "99999999999999999999999", "1.5", "x" * 5000,
+           "密码\u0000\u202e", "13800000051,abc", ",", "13800000052,99999999999999999999", "[]"]
+FIELDS = {"/register": ["userId", "token", "code", "password", "gender", "nickname",
+                        "headImage"],
+          "/log": ["userId", "password", "expire_in"], "/room": ["title"],
+          "/list": ["token"], "/friend": ["userId", "verifyId", "objectId", "behaviour"],
+          "/golden": ["money", "value", "object", "description", "offset", "limit"]}
+VALID = {"userId": "13800000052", "password": PASSWORD, "code": "1234", "money": "10",
+         "value": "1", "object": "13800000052", "description": "d", "behaviour": "accept",
+         "verifyId": "13800000052,1", "objectId": "13800000051,1", "expire_in": "60"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_hostile_field_of_each_operation(start_server):
+    """One hostile value in one field of an otherwise valid request: an envelope, never an internal error."""
+    srv = await start_server()
+    c = Client(srv.url)
+    _, token = await make_user(srv, "13800000051")
+    await make_user(srv, "13800000052")
+    for path, names in FIELDS.items():
+        for op in FLAGS[path]:
+            for name in names:
+                for value in HOSTILE:
+                    params = {**VALID, op: "1", "token": token, name: value}
+                    body = await c.post(path, **params)
+                    assert body["message"] not in ("internal error", "update failed"), (
+                        path, op, name, value[:20])

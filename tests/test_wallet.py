@@ -148,6 +148,7 @@ class WalletTests:
         assert incoming["balance"] == 25
         # paging
         assert [e["id"] for e in await wallet.ledger(a.id, offset=1, limit=1)] == [refill["id"]]
+        assert await wallet.ledger(a.id, offset=10 ** 30, limit=10 ** 30) == []
 
     @pytest_twisted.ensureDeferred
     async def test_anchor_gets_gift_event(self, wallet, accounts, bus):

@@ -163,7 +163,7 @@ class Wallet:
         """The user's entries, newest first; each adds ``delta`` (the change to
         this user's balance) and ``balance`` (this user's balance after it)."""
         uid = int(user_id)
-        offset = max(0, int(offset))
+        offset = max(0, min(int(offset), 10 ** 12))  # Redis indexes are 64-bit
         limit = max(1, min(int(limit), MAX_LEDGER_PAGE))
         raw = await self.store.execute("LRANGE", keys.gold_ledger(uid), offset,
                                        offset + limit - 1) or []

@@ -18,6 +18,8 @@ client always gets the envelope.
 
 from __future__ import annotations
 
+import math
+
 from klein import Klein
 from twisted.logger import Logger
 
@@ -221,7 +223,13 @@ class AccountApi:
             await self.limits.count("login-fail-addr", address, LOGIN_WINDOW)
             raise Refused(codec.NO_USER if isinstance(e, UnknownUser)
                           else codec.WRONG_PASSWORD) from None
-        token = await self.accounts.issue_token(user.id, p.get("expire_in"))
+        try:
+            wanted = float(p.get("expire_in") or "nan")
+        except ValueError:
+            wanted = math.nan
+        # missing, unreadable, 0 or less: the default lifetime (capped by accounts)
+        lifetime = int(min(wanted, 10 ** 9)) if wanted > 0 else None
+        token = await self.accounts.issue_token(user.id, lifetime)
         expire_in = max(0, round(token.expires_at - self.clock.seconds()))
         return reply(codec.OK, token.token, user_id=user.id, expire_in=expire_in)
 
