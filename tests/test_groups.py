@@ -151,7 +151,7 @@ class GroupRulesTests:
         group = await groups.create(a, "g", [b])
         assert group.snap.startswith(f"http://h:1/media/{group.id}_")
         again = Groups(store, bus, accounts, public_url="http://h:1")
-        assert again.fallback_snap(group.id, ["", ""]) == group.snap
+        assert again.fallback_snap(group.id, [f"user:{a}", f"user:{b}"]) == group.snap
 
 
 def test_parse_ids():

@@ -334,7 +334,9 @@ class Groups:
         first = await self.store.execute("ZRANGE", keys.group_members(gid), 0,
                                          SNAP_MEMBERS - 1) or []
         users = await self.accounts.get_many([int(u) for u in first])
-        refs = [users[int(u)].avatar if int(u) in users else "" for u in first]
+        # a member without a picture gets a generated tile of their own
+        refs = [(users[int(u)].avatar if int(u) in users else "") or f"user:{u}"
+                for u in first]
         if self.media is not None:
             try:
                 url = await self.media.compose_grid(refs, gid)
