@@ -583,3 +583,41 @@ async def test_each_hostile_field_of_each_operation(start_server):
                     body = await c.post(path, **params)
                     assert body["message"] not in ("internal error", "update failed"), (
                         path, op, name, value[:20])
+
+
+@pytest_twisted.ensureDeferred
+async def test_random_bodies_and_content_types(start_server):
+    """Random bytes under random content types, on every path: the envelope, no account made."""
+    from hypothesis import HealthCheck, given, settings, strategies as st
+    from twisted.internet.threads import blockingCallFromThread
+
+    from tests.conftest import blocking
+
+    srv = await start_server()
+    _, token = await make_user(srv, "13800000061")
+    query = st.dictionaries(st.sampled_from(NAMES + ["x", ""]), st.text(max_size=200),
+                            max_size=5)
+    ctypes = st.sampled_from(["application/json", "application/x-www-form-urlencoded",
+                              "multipart/form-data; boundary=xx", "multipart/form-data",
+                              "text/plain", ""])
+
+    @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.sampled_from(PATHS), query, st.binary(max_size=2000), ctypes, st.booleans())
+    def check(path, params, body, ctype, authed):
+        async def one():
+            headers = {"Content-Type": [ctype]} if ctype else {}
+            if authed:
+                headers["Authorization"] = [f"Bearer {token}"]
+            r = await treq.post(srv.url + path, params=params, data=body, headers=headers)
+            payload = json.loads(await r.text("utf-8"))
+            assert r.code == 200 and is_envelope(payload), (r.code, payload)
+            assert payload["message"] not in ("internal error", "update failed")
+
+        blockingCallFromThread(reactor, lambda: defer.ensureDeferred(one()))
+
+    from imserver.store import keys
+
+    users_before = await srv.core.store.execute("GET", keys.user_seq())
+    await blocking(check)
+    assert await srv.core.store.execute("GET", keys.user_seq()) == users_before
+    assert (await treq.get(srv.url + "/health")).code == 200
