@@ -39,6 +39,7 @@ from imserver.core.media import MediaStore
 from imserver.core.presence import Presence
 from imserver.core.rooms import Rooms
 from imserver.core.sms import HttpSender, LogSender
+from imserver.core.stage import RoomDescriber, StageMachine
 from imserver.core.wallet import Wallet
 from imserver.store.embedded import EmbeddedRedis
 from imserver.store.redis import Store, Subscription
@@ -68,6 +69,7 @@ class Core:
     live: LiveRooms | None = None     # 001 live rooms (friend list: who is live)
     friends: Friends | None = None    # 001 friends and friend requests
     wallet: Wallet | None = None      # 001 gold, gifts and the ledger
+    stage: StageMachine | None = None  # 002 KTV stages (queue, mic, music, video)
     media: MediaStore | None = None   # uploads and group pictures, served at /media/
     messages: Messages | None = None  # 004 direct and group conversations, offline inbox
     groups: Groups | None = None      # 004 groups
@@ -106,6 +108,9 @@ async def build_core(config: Config, reactor, store: Store, bus: Bus, blocking) 
     core.live = LiveRooms(store, bus, provider, reactor)
     core.friends = Friends(store, bus, reactor, live=core.live)
     core.wallet = Wallet(store, bus, reactor, gold_per_unit=config.gold_per_unit)
+    core.stage = StageMachine(store, bus, reactor,
+                              RoomDescriber(core.rooms, accounts, reactor),
+                              ask_timeout=config.ktv_ask_timeout, rest=config.ktv_rest)
     core.messages = Messages(store, bus, reactor, history_length=config.history_length,
                              history_days=config.history_days,
                              user_rate=2 * config.messages_per_second)
@@ -119,6 +124,7 @@ def build_dialects(core: Core) -> list:
     from imserver.dialects.chat import ChatDialect
     from imserver.dialects.chatroom import ChatroomDialect
     from imserver.dialects.signal import SignalDialect
+    from imserver.dialects.ktv import KtvDialect
 
     c = core
     return [
@@ -132,6 +138,9 @@ def build_dialects(core: Core) -> list:
         AccountDialect(config=c.config, reactor=c.reactor, accounts=c.accounts,
                        limits=c.limits, friends=c.friends, wallet=c.wallet, live=c.live,
                        media=c.media),
+        KtvDialect(config=c.config, reactor=c.reactor, accounts=c.accounts, rooms=c.rooms,
+                   bus=c.bus, presence=c.presence, limits=c.limits, stage=c.stage,
+                   catalog=c.catalog),
     ]
 
 

@@ -28,6 +28,10 @@ class Collector:
         if event.kind == "stage.changed":
             self.events.append(event)
 
+    async def ready(self):
+        await self.sink.ready
+        return self
+
     async def wait(self, n, timeout=3.0):
         deadline = reactor.seconds() + timeout
         while len(self.events) < n:
@@ -89,7 +93,7 @@ async def test_new_room_is_idle(machine, clock):
 @pytest_twisted.ensureDeferred
 async def test_whole_cycle_with_clock(machine, clock, bus):
     """idle -> asking -> singing (song's duration) -> resting -> asking next -> ... -> idle."""
-    seen = Collector(bus)
+    seen = await Collector(bus).ready()
     await machine.watch_room(ROOM)
     out = await machine.sing(ROOM, song("A", "1", duration=3))
     assert out.changed and out.snapshot.status == st.ASKING
@@ -305,7 +309,7 @@ async def test_expire_is_compare_and_set(machine, clock):
 @pytest_twisted.ensureDeferred
 async def test_touch_once_per_marker(machine, bus):
     """touch folds a membership change into one new version per marker."""
-    seen = Collector(bus)
+    seen = await Collector(bus).ready()
     a = await machine.touch(ROOM, seen="room.member_joined:c1:1.5")
     b = await machine.touch(ROOM, seen="room.member_joined:c1:1.5")
     c = await machine.touch(ROOM)
@@ -358,7 +362,8 @@ async def second(redis_url, clock, members):
 @pytest_twisted.ensureDeferred
 async def test_two_processes_one_sequence(machine, second, clock, bus):
     """Both processes arm every deadline, one wins each; both see one identical sequence."""
-    seen_a, seen_b = Collector(bus), Collector(second.bus)
+    seen_a = await Collector(bus).ready()
+    seen_b = await Collector(second.bus).ready()
     await machine.watch_room(ROOM)
     await second.watch_room(ROOM)
     await machine.sing(ROOM, song("A", duration=3))
@@ -390,7 +395,7 @@ async def test_two_processes_one_sequence(machine, second, clock, bus):
 @pytest_twisted.ensureDeferred
 async def test_stage_moves_when_a_process_dies(machine, second, clock, bus):
     """When the process that made a transition is gone, another one still moves the stage."""
-    seen = Collector(bus)
+    seen = await Collector(bus).ready()
     await machine.watch_room(ROOM)
     await second.watch_room(ROOM)
     await second.sing(ROOM, song("A", duration=3))
@@ -420,7 +425,7 @@ async def test_joining_process_catches_up(machine, clock):
 async def test_member_events_fold_into_one_version(machine, second, bus, store, clock):
     """A member event seen by two processes gives one new stage version."""
     from imserver.core.rooms import Member, Rooms
-    seen = Collector(bus)
+    seen = await Collector(bus).ready()
     await machine.watch_room(ROOM)
     await second.watch_room(ROOM)
     rooms = Rooms(store, bus, None, clock)

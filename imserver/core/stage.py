@@ -587,8 +587,8 @@ class StageMachine:
         self._watch_count[room] = n + 1
         if n:
             return defer.succeed(None)
-        self._listeners[room] = self.bus.listen(topic(room), self._on_event)
-        return self._track(self._arm_from_store(room))
+        listener = self._listeners[room] = self.bus.listen(topic(room), self._on_event)
+        return self._track(self._start_watching(room, getattr(listener, "ready", None)))
 
     def unwatch_room(self, room: str) -> None:
         n = self._watch_count.get(room, 0) - 1
@@ -626,6 +626,12 @@ class StageMachine:
         d.addBoth(done)
         d.addErrback(lambda f: log.failure("KTV stage timer work failed", f))
         return d
+
+    async def _start_watching(self, room: str, subscribed) -> None:
+        if subscribed is not None:
+            # member events published from now on must reach the listener
+            await subscribed
+        await self._arm_from_store(room)
 
     async def _arm_from_store(self, room: str) -> None:
         try:
@@ -696,6 +702,62 @@ class StageMachine:
             # We fired early (another process's clock); come back at the deadline.
             self._armed_version[room] = version
             self._schedule(room, version, max(snap.end - self.clock.seconds(), 0.01))
+
+
+# -- what a snapshot says about the room ------------------------------------------------
+
+class RoomDescriber:
+    """
+    ``describe(room)`` for the :class:`StageMachine`: the room's members, one
+    per user whichever dialect and however many connections (guests, who
+    cannot be addressed on a stage, are left out), and its cover.
+
+    A KTV member is ``fullname`` (the phone, else the member's name), ``nick``
+    (the nickname, else the fullname) and ``avatar``. Nicknames and covers
+    change rarely and are read on every transition, so they are cached for
+    ``ttl`` seconds.
+    """
+
+    def __init__(self, rooms, accounts, clock, ttl: float = 10.0):
+        self.rooms = rooms
+        self.accounts = accounts
+        self.clock = clock
+        self.ttl = ttl
+        self._nicks: dict[int, tuple[float, str]] = {}
+        self._covers: dict[str, tuple[float, str]] = {}
+
+    async def __call__(self, room: str) -> dict:
+        rows = await self.rooms.members(room)
+        now = self.clock.seconds()
+        users = {}
+        for _, m in rows:
+            if m.user_id is not None and m.user_id not in users:
+                users[m.user_id] = m
+        stale = [uid for uid in users
+                 if uid not in self._nicks or self._nicks[uid][0] < now]
+        if stale:
+            found = await self.accounts.get_many(stale)
+            for uid in stale:
+                u = found.get(uid)
+                self._nicks[uid] = (now + self.ttl, (u.nickname if u else "") or "")
+        if len(self._nicks) > 10000:
+            self._nicks = {k: v for k, v in self._nicks.items() if v[0] >= now}
+        members = []
+        for uid, m in users.items():
+            fullname = m.phone or m.name
+            members.append({"fullname": fullname, "nick": self._nicks[uid][1] or fullname,
+                            "avatar": m.avatar, "user_id": uid})
+        cached = self._covers.get(room)
+        if cached is None or cached[0] < now:
+            info = await self.rooms.get(room)
+            cached = self._covers[room] = (now + self.ttl, info.cover if info else "")
+            if len(self._covers) > 10000:
+                self._covers = {k: v for k, v in self._covers.items() if v[0] >= now}
+        return {"members": members, "cover": cached[1]}
+
+    def forget(self, user_id: int) -> None:
+        """A profile changed: read the nickname again next time."""
+        self._nicks.pop(user_id, None)
 
 
 # -- helpers ------------------------------------------------------------------------
