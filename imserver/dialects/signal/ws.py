@@ -390,7 +390,10 @@ class SignalFactory(WebSocketServerFactory):
         self.setProtocolOptions(
             maxFramePayloadSize=max_frame, maxMessagePayloadSize=max_frame,
             openHandshakeTimeout=handshake_timeout, autoPingInterval=0,
-            closeHandshakeTimeout=5)
+            closeHandshakeTimeout=5,
+            # a client breaking the protocol (bad UTF-8, oversized frame) gets
+            # a close frame with the reason's code before the connection goes
+            failByDrop=False)
 
 
 class Heartbeat:
