@@ -72,8 +72,11 @@ def make_factory(deps, config) -> WebSocketServerFactory:
     factory = WebSocketServerFactory()
     factory.protocol = KtvProtocol
     factory.deps = deps
+    # Autobahn's ping timers (txaio's batched timer) round down to whole
+    # seconds: a sub-second timeout would drop healthy peers. failByDrop off:
+    # an oversized or broken frame gets a close frame (1009, 1002…), not a cut.
     factory.setProtocolOptions(
         maxMessagePayloadSize=config.max_frame, maxFramePayloadSize=config.max_frame,
-        openHandshakeTimeout=10, autoPingInterval=config.ping_interval,
-        autoPingTimeout=config.idle_timeout)
+        openHandshakeTimeout=10, autoPingInterval=max(config.ping_interval, 1.0),
+        autoPingTimeout=max(config.idle_timeout, 2.0), failByDrop=False)
     return factory
