@@ -112,6 +112,6 @@ def mp4(size: str = "64x48", seconds: int = 1, with_audio: bool = False) -> byte
 
 def video(ext: str, size: str = "64x48") -> bytes:
     codec = {"mp4": "libx264", "mov": "libx264", "3gp": "libx264", "mkv": "libx264",
-             "webm": "libvpx", "avi": "mpeg4", "flv": "flv1"}[ext]
+             "webm": "libvpx", "avi": "mpeg4"}[ext]
     extra = ("-pix_fmt", "yuv420p") if codec == "libx264" else ()
     return ffmpeg_sample(ext, *pattern(size), "-c:v", codec, *extra)

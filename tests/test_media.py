@@ -44,7 +44,7 @@ class ProbeTests:
             assert (found.media, found.format.ext, found.suffix) == ("audio", ext, "3")
         assert probe(make(5), "audio").seconds == 5
 
-    @pytest.mark.parametrize("ext", ["mp4", "mov", "3gp", "webm", "mkv", "avi", "flv"])
+    @pytest.mark.parametrize("ext", ["mp4", "mov", "3gp", "webm", "mkv", "avi"])
     def test_video_dimensions(self, ext):
         """Each video container is recognised and its picture size read from the file."""
         found = probe(samples.video(ext, "64x48"), "video")
@@ -119,7 +119,7 @@ MAGICS = [b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"RIFF\x00\x10\x00\x
           b"RIFF\x00\x10\x00\x00WAVE", b"RIFF\x00\x10\x00\x00AVI ", b"BM", b"ID3\x03\x00",
           b"\xff\xfb", b"\xff\xf1", b"OggS", b"fLaC", b"#!AMR\n", b"#!AMR-WB\n",
           b"\x00\x00\x00\x18ftypisom", b"\x00\x00\x00\x18ftypqt  ", b"\x00\x00\x00\x18ftyp3gp4",
-          b"\x00\x00\x00\x18ftypM4A ", b"\x00\x00\x00\x18ftypavif", b"\x1a\x45\xdf\xa3", b"FLV\x01"]
+          b"\x00\x00\x00\x18ftypM4A ", b"\x00\x00\x00\x18ftypavif", b"\x1a\x45\xdf\xa3"]
 
 
 def _probe_outcome(data: bytes, kind: str):

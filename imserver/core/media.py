@@ -128,7 +128,6 @@ FORMATS: dict[str, Format] = {f.ext: f for f in (
     Format("video", "webm", "video/webm", "WebM"),
     Format("video", "mkv", "video/x-matroska", "Matroska"),
     Format("video", "avi", "video/x-msvideo", "AVI"),
-    Format("video", "flv", "video/x-flv", "FLV"),
 )}
 
 # an audio-only 3GP (Android voice notes) is stored as .3gp too
@@ -143,7 +142,7 @@ CONTENT_TYPES[".3gp"] = "video/3gpp"   # serves audio-only 3GP too: players acce
 def _accepted(media: tuple[str, ...]) -> str:
     words = {"picture": "a picture (JPEG, PNG, GIF, WebP, BMP, AVIF)",
              "audio": "audio (MP3, WAV, M4A, AAC, Ogg, Opus, FLAC, AMR)",
-             "video": "a video (MP4, MOV, 3GP, WebM, MKV, AVI, FLV)"}
+             "video": "a video (MP4, MOV, 3GP, WebM, MKV, AVI)"}
     return " or ".join(words[m] for m in media)
 
 
@@ -228,8 +227,6 @@ def _sniff(data: bytes) -> str | None:
         return "isobmff"
     if head.startswith(b"\x1a\x45\xdf\xa3"):
         return "matroska"
-    if head.startswith(b"FLV\x01"):
-        return "flv"
     if head.startswith(b"OggS"):
         if b"\x01vorbis" in data[:256]:
             return "ogg"
@@ -353,6 +350,203 @@ def _amr_duration(data: bytes, wideband: bool) -> float:
     return frames * 0.02
 
 
+# -- container headers: bounded walks before the real parsers -------------------
+#
+# The metadata parsers are pure Python and slow per element; a crafted file of
+# millions of tiny boxes would hold a worker for minutes. So each container is
+# first walked here (a struct loop with hard caps on how many elements it may
+# have), and the parser is given only the header it needs: ftyp + moov of an
+# MP4, the EBML header + Info + Tracks of a Matroska file, the hdrl list of an
+# AVI, the metadata blocks of a FLAC. A box that runs past the end of the
+# data means the file was cut short.
+
+MAX_ELEMENTS = 100_000        # top-level boxes/elements/chunks walked
+MAX_HEADER_ELEMENTS = 5_000   # inside the header handed to a parser
+MAX_HEADER_BYTES = 8 * MB     # the header itself (an MP4 moov, an AVI hdrl)
+
+_ISO_CONTAINERS = {b"moov", b"trak", b"mdia", b"minf", b"stbl", b"edts", b"dinf", b"mvex"}
+
+
+def _iso_boxes(data: bytes, start: int, end: int, label: str):
+    """(type, start, end) of each box in data[start:end]."""
+    pos = start
+    count = 0
+    while pos + 8 <= end:
+        size, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        header = 8
+        if size == 1:
+            if pos + 16 > end:
+                raise CorruptMedia(f"corrupt {label} file: cut-off box header")
+            size = struct.unpack(">Q", data[pos + 8:pos + 16])[0]
+            header = 16
+        elif size == 0:            # "to the end of the file"
+            size = end - pos
+        if size < header:
+            raise CorruptMedia(f"corrupt {label} file: bad box size")
+        if pos + size > end:
+            raise CorruptMedia(f"truncated {label} file: a box runs past the end")
+        count += 1
+        if count > MAX_ELEMENTS:
+            raise CorruptMedia(f"unreadable {label} file: too many boxes")
+        yield kind, pos, pos + size, pos + header
+        pos += size
+
+
+def _iso_header(data: bytes, label: str = "MP4") -> bytes:
+    """ftyp + moov of an ISO media file, after checking its box structure."""
+    ftyp = moov = None
+    for kind, start, end, body in _iso_boxes(data, 0, len(data), label):
+        if kind == b"ftyp" and ftyp is None:
+            ftyp = data[start:end]
+        elif kind == b"moov" and moov is None:
+            if end - start > MAX_HEADER_BYTES:
+                raise CorruptMedia(f"unreadable {label} file: movie header too large")
+            moov = (start, end, body)
+    if ftyp is None or moov is None:
+        raise CorruptMedia(f"corrupt {label} file: no movie header (moov)")
+    inner = 0
+    stack = [moov]
+    while stack:
+        _, end, body = stack.pop()
+        for kind, start, child_end, child_body in _iso_boxes(data, body, end, label):
+            inner += 1
+            if inner > MAX_HEADER_ELEMENTS:
+                raise CorruptMedia(f"unreadable {label} file: too many boxes in its header")
+            if kind in _ISO_CONTAINERS:
+                stack.append((start, child_end, child_body))
+    return ftyp + data[moov[0]:moov[1]]
+
+
+_EBML_HEADER, _SEGMENT, _CLUSTER = 0x1A45DFA3, 0x18538067, 0x1F43B675
+_INFO, _TRACKS = 0x1549A966, 0x1654AE6B
+# master elements inside Tracks, whose children are counted too
+_TRACK_MASTERS = {0xAE, 0xE0, 0xE1, 0x6D80, 0x6240, 0x5034, 0x5035, 0xE2, 0xE3, 0xE4, 0xE9,
+                  0x55B0, 0x55D0, 0x7670, 0x41E4, 0x6624, 0x7E5B, 0x7E7B}
+
+
+def _ebml_vint(data: bytes, pos: int, keep_marker: bool) -> tuple[int, int, bool]:
+    """(value, length, all-ones) of the EBML variable-length integer at ``pos``."""
+    if pos >= len(data) or data[pos] == 0:
+        raise CorruptMedia("corrupt Matroska file: bad element header")
+    length = 9 - data[pos].bit_length()
+    if pos + length > len(data):
+        raise CorruptMedia("truncated Matroska file")
+    raw = int.from_bytes(data[pos:pos + length], "big")
+    value = raw if keep_marker else raw & ((1 << (7 * length)) - 1)
+    return value, length, raw & ((1 << (7 * length)) - 1) == (1 << (7 * length)) - 1
+
+
+def _ebml_elements(data: bytes, start: int, end: int):
+    """(id, start, body, end, unknown-size) of each element in data[start:end]."""
+    pos, count = start, 0
+    while pos < end:
+        element, n, _ = _ebml_vint(data, pos, keep_marker=True)
+        size, m, unknown = _ebml_vint(data, pos + n, keep_marker=False)
+        body = pos + n + m
+        element_end = end if unknown else body + size
+        if element_end > end:
+            raise CorruptMedia("truncated Matroska file: an element runs past the end")
+        count += 1
+        if count > MAX_ELEMENTS:
+            raise CorruptMedia("unreadable Matroska file: too many elements")
+        yield element, pos, body, element_end, unknown
+        if unknown:
+            return
+        pos = element_end
+
+
+def _matroska_header(data: bytes) -> bytes:
+    """EBML header + a Segment holding only Info and Tracks."""
+    elements = _ebml_elements(data, 0, len(data))
+    first = next(elements, None)
+    if first is None or first[0] != _EBML_HEADER:
+        raise CorruptMedia("corrupt Matroska file: no EBML header")
+    ebml = data[first[1]:first[3]]
+    segment = next(elements, None)
+    if segment is None or segment[0] != _SEGMENT:
+        raise CorruptMedia("corrupt Matroska file: no segment")
+    kept: dict[int, bytes] = {}
+    for element, start, body, end, unknown in _ebml_elements(data, segment[2], segment[3]):
+        if element in (_INFO, _TRACKS) and element not in kept:
+            if unknown or end - start > MAX_HEADER_BYTES:
+                raise CorruptMedia("unreadable Matroska file: track header too large")
+            kept[element] = data[start:end]
+            if element == _TRACKS:
+                _count_ebml(data, body, end)
+        if _TRACKS in kept and (_INFO in kept or element == _CLUSTER):
+            break
+    if _TRACKS not in kept:
+        raise CorruptMedia("corrupt Matroska file: no track list")
+    payload = kept.get(_INFO, b"") + kept[_TRACKS]
+    size = (1 << 56 | len(payload)).to_bytes(8, "big")   # an 8-byte size vint
+    return ebml + _SEGMENT.to_bytes(4, "big") + size + payload
+
+
+def _count_ebml(data: bytes, start: int, end: int) -> None:
+    count, stack = 0, [(start, end)]
+    while stack:
+        start, end = stack.pop()
+        for element, _, body, element_end, _ in _ebml_elements(data, start, end):
+            count += 1
+            if count > MAX_HEADER_ELEMENTS:
+                raise CorruptMedia("unreadable Matroska file: too many track elements")
+            if element in _TRACK_MASTERS:
+                stack.append((body, element_end))
+
+
+def _riff_chunks(data: bytes, start: int, end: int, label: str):
+    pos, count = start, 0
+    while pos + 8 <= end:
+        kind, size = struct.unpack("<4sI", data[pos:pos + 8])
+        if pos + 8 + size > end:
+            raise CorruptMedia(f"truncated {label} file: a chunk runs past the end")
+        count += 1
+        if count > MAX_ELEMENTS:
+            raise CorruptMedia(f"unreadable {label} file: too many chunks")
+        yield kind, pos, pos + 8, pos + 8 + size
+        pos += 8 + size + (size & 1)
+
+
+def _avi_header(data: bytes) -> bytes:
+    """A RIFF AVI holding only its header list (hdrl)."""
+    for kind, start, body, end in _riff_chunks(data, 12, len(data), "AVI"):
+        if kind == b"LIST" and data[body:body + 4] == b"hdrl":
+            if end - start > MAX_HEADER_BYTES:
+                raise CorruptMedia("unreadable AVI file: header too large")
+            count, stack = 0, [(body + 4, end)]
+            while stack:
+                inner_start, inner_end = stack.pop()
+                for inner, _, inner_body, inner_stop in _riff_chunks(data, inner_start,
+                                                                     inner_end, "AVI"):
+                    count += 1
+                    if count > MAX_HEADER_ELEMENTS:
+                        raise CorruptMedia("unreadable AVI file: too many header chunks")
+                    if inner == b"LIST":
+                        stack.append((inner_body + 4, inner_stop))
+            chunk = data[start:end]
+            return b"RIFF" + struct.pack("<I", 4 + len(chunk)) + b"AVI " + chunk
+    raise CorruptMedia("corrupt AVI file: no header list")
+
+
+def _flac_metadata(data: bytes) -> bytes:
+    """'fLaC' and its metadata blocks, checked to be followed by audio frames."""
+    start = _id3_end(data) if not data.startswith(b"fLaC") else 0
+    pos, count = start + 4, 0
+    while True:
+        if pos + 4 > len(data):
+            raise CorruptMedia("truncated FLAC file")
+        last = data[pos] & 0x80
+        pos += 4 + int.from_bytes(data[pos + 1:pos + 4], "big")
+        count += 1
+        if count > 1000:
+            raise CorruptMedia("unreadable FLAC file: too many metadata blocks")
+        if last:
+            break
+    if pos + 2 > len(data) or data[pos] != 0xFF or data[pos + 1] & 0xFE != 0xF8:
+        raise CorruptMedia("corrupt FLAC file: no audio frames after its header")
+    return data[start:pos]
+
+
 # -- the real parses -----------------------------------------------------------
 
 _PIL_FORMATS = {"jpg": "JPEG", "png": "PNG", "gif": "GIF", "webp": "WEBP", "bmp": "BMP",
@@ -397,12 +591,12 @@ def _mutagen_length(data: bytes, cls, label: str) -> float:
 def _probe_audio(data: bytes, key: str) -> Probe:
     fmt = FORMATS[key]
     if key == "mp3":
-        from mutagen.mp3 import MP3
+        from mutagen.mp3 import MPEGInfo
 
         start = _id3_end(data)
         _check_frames(data, start, _mp3_frame_length, "MP3")
         try:
-            info = MP3(io.BytesIO(data)).info
+            info = MPEGInfo(io.BytesIO(data), start)
             length, bitrate = float(info.length), int(info.bitrate or 0)
         except Exception:
             raise CorruptMedia("corrupt MP3 file") from None
@@ -411,10 +605,13 @@ def _probe_audio(data: bytes, key: str) -> Probe:
         if bitrate and (len(data) - start) * 8 < 0.5 * length * bitrate:
             raise CorruptMedia("truncated MP3 file: less audio than its header announces")
     elif key == "aac":
-        from mutagen.aac import AAC
+        from mutagen.aac import AACInfo
 
         _check_frames(data, _id3_end(data), _adts_frame_length, "AAC")
-        length = _mutagen_length(data, AAC, "AAC")
+        try:
+            length = float(AACInfo(io.BytesIO(data)).length)
+        except Exception:
+            raise CorruptMedia("corrupt AAC file") from None
     elif key == "wav":
         length = _wav_duration(data)
     elif key == "ogg":
@@ -428,7 +625,7 @@ def _probe_audio(data: bytes, key: str) -> Probe:
     elif key == "flac":
         from mutagen.flac import FLAC
 
-        length = _mutagen_length(data, FLAC, "FLAC")
+        length = _mutagen_length(_flac_metadata(data), FLAC, "FLAC")
     elif key in ("amr", "awb"):
         length = _amr_duration(data, wideband=key == "awb")
     else:
@@ -446,17 +643,15 @@ def _probe_iso_audio(data: bytes) -> Probe:
     """An MPEG-4/3GPP file holding sound only (m4a, or an Android voice note)."""
     from mutagen.mp4 import MP4
 
+    header = _iso_header(data)
     try:
-        info = MP4(io.BytesIO(data)).info
+        info = MP4(io.BytesIO(header)).info
     except Exception:
         raise CorruptMedia("corrupt MP4 audio file") from None
     if not info.codec:
         raise UnsupportedMedia("this MP4 file has no audio track")
     fmt = AUDIO_3GP if data[8:11] in (b"3gp", b"3g2") else FORMATS["m4a"]
-    length, bitrate = float(info.length), int(info.bitrate or 0)
-    if bitrate and len(data) * 8 < 0.5 * length * bitrate:
-        raise CorruptMedia("truncated MP4 audio file: less audio than its header announces")
-    return _audio_probe(fmt, length)
+    return _audio_probe(fmt, float(info.length))
 
 
 def _video_dimensions(data: bytes, key: str) -> tuple[Format, int, int] | None:
@@ -464,13 +659,13 @@ def _video_dimensions(data: bytes, key: str) -> tuple[Format, int, int] | None:
     from hachoir.metadata import extractMetadata
     from hachoir.metadata.metadata import MultipleMetadata
     from hachoir.parser.container import MkvFile, MP4File, RiffFile
-    from hachoir.parser.video import FlvFile
     from hachoir.stream import InputIOStream
 
-    parser_class = {"isobmff": MP4File, "matroska": MkvFile, "avi": RiffFile, "flv": FlvFile}[key]
-    label = {"isobmff": "MP4", "matroska": "Matroska", "avi": "AVI", "flv": "FLV"}[key]
+    parser_class = {"isobmff": MP4File, "matroska": MkvFile, "avi": RiffFile}[key]
+    label = {"isobmff": "MP4", "matroska": "Matroska", "avi": "AVI"}[key]
+    header = {"isobmff": _iso_header, "matroska": _matroska_header, "avi": _avi_header}[key](data)
     try:
-        stream = InputIOStream(io.BytesIO(data), source="<upload>", tags=[])
+        stream = InputIOStream(io.BytesIO(header), source="<upload>", tags=[])
         parser = parser_class(stream, validate=True)
         metadata = extractMetadata(parser)
     except Exception:
