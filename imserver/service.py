@@ -128,7 +128,8 @@ def build_dialects(core: Core) -> list:
 
     c = core
     return [
-        ChatroomDialect(config=c.config, accounts=c.accounts, limits=c.limits),
+        ChatroomDialect(config=c.config, accounts=c.accounts, limits=c.limits,
+                        reactor=c.reactor, rooms=c.rooms, bus=c.bus, presence=c.presence),
         SignalDialect(config=c.config, reactor=c.reactor, accounts=c.accounts,
                       presence=c.presence, bus=c.bus, limits=c.limits, messages=c.messages,
                       groups=c.groups),

@@ -1,22 +1,48 @@
-"""Document 003, the chatroom dialect: HTTP auth and rooms, and ``/ws/chatroom``."""
+"""
+Document 003, the chatroom dialect: HTTP auth (:mod:`.auth`), the room
+endpoints (:mod:`.http`) and ``/ws/chatroom`` (:mod:`.ws`), over the shared
+accounts and rooms.
+"""
+
+from autobahn.twisted.resource import WebSocketResource
 
 from imserver.dialects.chatroom.auth import AuthApi
+from imserver.dialects.chatroom.http import ChatroomApi
+from imserver.dialects.chatroom.ws import ChatroomFactory
+
+CAPACITY = 10  # the original server's room size
+STOP_TIMEOUT = 5.0
 
 
 class ChatroomDialect:
     name = "chatroom"
 
-    def __init__(self, *, config, accounts, limits):
+    def __init__(self, *, config, accounts, limits, reactor, rooms, bus, presence):
+        self.reactor = reactor
         self.auth = AuthApi(accounts, limits, config.max_body)
+        self.rooms_api = ChatroomApi(accounts, rooms, config.max_body,
+                                     legacy_auth=config.legacy_auth, capacity=CAPACITY)
+        self.factory = ChatroomFactory(config=config, reactor=reactor, accounts=accounts,
+                                       rooms=rooms, bus=bus, presence=presence,
+                                       capacity=CAPACITY)
+        self.factory.startFactory()
+        self.resource = WebSocketResource(self.factory)
 
     def mount(self, router) -> None:
         router.add_klein(self.auth.app)
+        router.add_klein(self.rooms_api.app)
+        router.add("/ws/chatroom", self.resource)
 
     def websocket_resource(self):
-        return None
+        return self.resource
 
     def start(self) -> None:
         pass
 
-    def stop(self) -> None:
-        pass
+    def stop(self):
+        """Drop the sessions; the Deferred fires once they have left their rooms."""
+        d = self.factory.close_all()
+        self.factory.stopFactory()
+        d.addTimeout(STOP_TIMEOUT, self.reactor)
+        d.addErrback(lambda f: None)
+        return d

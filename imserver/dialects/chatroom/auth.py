@@ -1,5 +1,6 @@
 """
-Document 003's account endpoints: ``/auth/register``, ``/auth/login``.
+Document 003's account endpoints: ``/auth/register``, ``/auth/login`` and
+the original server's ``/auth/user_data``.
 
 The original clients called them with GET and query parameters; POST with a
 form, multipart or JSON body works the same (``ORIGINALS.md``). Replies are
@@ -90,3 +91,23 @@ class AuthApi:
         data = user_data(user)
         data.update(token=token.token, user_id=user.id)
         return self._reply(request, {"res": "login successfully", "data": data})
+
+    @app.route("/auth/user_data", methods=["GET", "POST"])
+    async def get_user_data(self, request):
+        """The original's profile lookup by ``user_name`` or ``user_tel`` (never the password)."""
+        try:
+            p = read_params(request, self.max_body)
+        except InvalidInput as e:
+            return self._reply(request, {"res": e.reason, "data": {}})
+        name, tel = p.get("user_name", "").strip(), p.get("user_tel", "").strip()
+        if not await self.limits.allow("user-data", client_address(request), 120, 60):
+            return self._reply(request, {"res": "too many attempts", "data": {}})
+        user = None
+        if name and len(name) <= 64:
+            user = await self.accounts.get_by_username(name)
+        if user is None and tel and len(tel) <= 20:
+            user = await self.accounts.get_by_phone(tel)
+        if user is None:
+            return self._reply(request, {"res": "user not exist", "data": {}})
+        return self._reply(request, {"res": "get user data successfully",
+                                     "data": {"user": user_data(user)}})
