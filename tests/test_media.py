@@ -106,6 +106,45 @@ class ProbeTests:
         with pytest.raises(MediaTooLarge):
             probe(samples.picture("PNG", (200, 200)), "avatar", max_pixels=10_000)
 
+    def test_streamed_and_fragmented_containers(self):
+        """A browser-style WebM (unknown sizes) and a fragmented MP4 are read like any other."""
+        live = samples.ffmpeg_sample("webm", *samples.pattern("320x240", 2), "-c:v", "libvpx",
+                                     "-live", "1")
+        assert probe(live, "video").suffix == "320x240"
+        frag = samples.ffmpeg_sample("mp4", *samples.pattern("320x240", 2), "-c:v", "libx264",
+                                     "-pix_fmt", "yuv420p", "-g", "5",
+                                     "-movflags", "frag_keyframe+empty_moov")
+        assert probe(frag, "video").suffix == "320x240"
+        voice = samples.ffmpeg_sample("3gp", *samples.tone(3), "-ar", "8000", "-ac", "1",
+                                      "-c:a", "libopencore_amrnb", "-b:a", "12.2k")
+        found = probe(voice, "audio")
+        assert (found.format.ext, found.format.content_type, found.suffix) == (
+            "3gp", "audio/3gpp", "3")
+
+    def test_crafted_swarms_of_tiny_elements_are_refused_fast(self):
+        """Millions of empty boxes/elements/chunks/blocks: refused quickly, never parsed."""
+        import struct
+        import time
+
+        free = struct.pack(">I", 8) + b"free"
+        ftyp = struct.pack(">I", 16) + b"ftypisom" + b"\0" * 4
+        junk = b"JUNK" + struct.pack("<I", 0)
+        flac = samples.flac()
+        cases = [
+            (ftyp + free * 500_000, "video"),
+            (ftyp + struct.pack(">I", 8 + 8 * 500_000) + b"moov" + free * 500_000, "video"),
+            (ftyp + free * 500_000, "audio"),
+            (samples.video("mkv")[:40] + b"\x18\x53\x80\x67\x01\xff\xff\xff\xff\xff\xff\xff"
+             + b"\xec\x80" * 1_000_000, "video"),
+            (b"RIFF" + struct.pack("<I", 4 + 8 * 500_000) + b"AVI " + junk * 500_000, "video"),
+            (flac[:42] + b"\x01\0\0\0" * 500_000 + flac[42:], "audio"),
+        ]
+        for data, kind in cases:
+            started = time.monotonic()
+            with pytest.raises(CorruptMedia, match="too many"):
+                probe(data, kind)
+            assert time.monotonic() - started < 2.0
+
     def test_heic_refused_clearly(self):
         """An iPhone HEIC picture gets a message saying what to send instead."""
         data = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 100
