@@ -447,3 +447,29 @@ async def test_two_processes_record_one_sequence(start_server, ws_connect):
     assert statuses.count("1") == 3 and statuses.count("3") == 3
     versions = [s[0] for s in seq(a)]
     assert versions == sorted(set(versions))
+
+
+@pytest_twisted.ensureDeferred
+async def test_members_of_a_dead_process_leave_the_stage(start_server, ws_connect):
+    """When a process dies, its KTV members leave room, queue and mic; the others are told."""
+    from imserver.core.presence import Presence
+    from imserver.core.rooms import Member
+    from imserver.core.stage import Entry
+
+    srv = await start_server(ktv_ask_timeout=30.0, ktv_rest=30.0)
+    a = await joined(ws_connect, srv, "13800000001")
+    core = srv.core
+    ghost_user = await core.accounts.register(password="secret1", phone="13800000002")
+    # a process that registers itself, takes one KTV member, then stops answering
+    ghost = Presence(core.store, reactor, "deadbeef0000", dead_after=0.2)
+    await ghost._tick()
+    conn = ghost.new_conn_id()
+    await ghost.connect(conn, ghost_user.id, "ktv", {"room": "R1", "fullname": "13800000002"})
+    await core.rooms.join("R1", Member.from_user(ghost_user), conn, "ktv")
+    await core.stage.sing("R1", Entry(fullname="13800000002", sid="1", duration=60))
+    asked = await a.status(lambda x: x["status"] == "2" and x["count"] == 2)
+    assert asked["fullname"] == "13800000002"
+    await deferLater(reactor, 0.3, lambda: None)
+    await core.presence.reap()
+    after = await a.status(lambda x: x["status"] == "4" and x["count"] == 1)
+    assert after["songs"] == [] and after["fullname"] == ""
