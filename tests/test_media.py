@@ -21,7 +21,7 @@ from imserver.core.media import (
 
 class ProbeTests:
     @pytest.mark.parametrize("fmt, ext", [("JPEG", "jpg"), ("PNG", "png"), ("GIF", "gif"),
-                                          ("WEBP", "webp"), ("BMP", "bmp")])
+                                          ("WEBP", "webp"), ("BMP", "bmp"), ("AVIF", "avif")])
     def test_pictures(self, fmt, ext):
         """Each picture format is recognised, with its real extension and W x H."""
         found = probe(samples.picture(fmt, (746, 750)), "picture_or_audio")

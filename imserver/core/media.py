@@ -223,7 +223,10 @@ def _sniff(data: bytes) -> str | None:
         if brand in _ISO_PICTURE_BRANDS:
             return _ISO_PICTURE_BRANDS[brand]
         if brand in _ISO_HEIF_BRANDS:
-            return "heif"
+            # a generic HEIF brand (mif1) may announce AVIF among its compatible brands
+            size = min(struct.unpack(">I", head[:4])[0], len(head))
+            compatible = {head[i:i + 4] for i in range(16, size - 3, 4)}
+            return "avif" if compatible & set(_ISO_PICTURE_BRANDS) else "heif"
         return "isobmff"
     if head.startswith(b"\x1a\x45\xdf\xa3"):
         return "matroska"
