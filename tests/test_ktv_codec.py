@@ -61,6 +61,7 @@ class DecodeTests:
         (frame(action="status", fullname=[1]), "参数错误: fullname"),
         (frame(action="status", room=None), "缺少参数: room"),
         (frame(action="status", room={"a": 1}), codec.BAD_ROOM),
+        (frame(action="status", room="r" * 101), codec.BAD_ROOM),
         (frame(action="ask"), "缺少参数: ack"),
         (frame(action="ask", ack=2), "参数错误: ack"),
         (frame(action="sing", sid="1"), "缺少参数: duration"),

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from imserver.core import stage as st
+from imserver.core.rooms import MAX_NAME as MAX_ROOM
 from imserver.core.stage import Snapshot
 
 SUCCESS, FAILURE = 0, -1
@@ -109,8 +110,8 @@ def _text(value, limit: int = MAX_FIELD) -> str:
     return value
 
 
-def _name(value) -> str:
-    value = _text(value).strip()
+def _name(value, limit: int = MAX_FIELD) -> str:
+    value = _text(value, limit).strip()
     if not value or any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise ValueError
     return value
@@ -215,7 +216,7 @@ def decode(text) -> Request:
         room = ""
     else:
         try:
-            room = _name(room)
+            room = _name(room, MAX_ROOM)
         except ValueError:
             raise BadRequest(BAD_ROOM, action, fullname) from None
     args = {}
