@@ -253,3 +253,12 @@ def test_random_bodies_never_crash_the_splitter(junk, boundary):
                         io.BytesIO(body), 1 << 20)
         except InvalidInput as e:
             assert e.reason
+
+
+@pytest_twisted.ensureDeferred
+async def test_disk_failure_is_an_envelope(server):
+    """If the media directory cannot be written, the client gets code -6, not a 500 page."""
+    token = await user_token(server)
+    (server.config.data_dir / "media").write_text("a file where the directory should be")
+    code, body = await upload(server, "writev1", samples.wav(1), token=token)
+    assert code == 503 and body == {"code": -6, "message": "could not store the file; try again"}

@@ -189,6 +189,12 @@ class UploadApi:
         log.warn("upload refused: store unavailable ({error})", error=failure.value)
         return self._refused(request, failure.value)
 
+    @app.handle_errors(OSError)
+    def _disk_error(self, request, failure):
+        log.failure("upload could not be stored", failure)
+        return json_body(request, {"code": UNAVAILABLE,
+                                   "message": "could not store the file; try again"}, 503)
+
     # -- the routes ----------------------------------------------------------------------
 
     @_routes(app, "writev1")
