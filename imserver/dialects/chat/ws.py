@@ -456,7 +456,9 @@ class ChatSession(BoundedSession, WebSocketServerProtocol):
 
 def protocol_pings(config) -> dict:
     """
-    Autobahn's WebSocket ping options. Its timers (txaio's batched timer)
+    Autobahn's WebSocket ping options (with ``failByDrop=False`` beside them,
+    a protocol error such as bad UTF-8 gets a close frame, 1007, rather than
+    a silently dropped TCP connection). Its timers (txaio's batched timer)
     round deadlines down to whole seconds, so a sub-second timeout fires at
     once and drops healthy peers: keep them at a second or more. The 000
     ``ping`` heartbeat keeps the configured precision.
@@ -485,7 +487,7 @@ class ChatFactory(WebSocketServerFactory):
         self.sessions: set[ChatSession] = set()
         self.setProtocolOptions(
             maxMessagePayloadSize=config.max_frame * 2, maxFramePayloadSize=config.max_frame * 2,
-            openHandshakeTimeout=10, **protocol_pings(config))
+            openHandshakeTimeout=10, failByDrop=False, **protocol_pings(config))
 
     def close_all(self) -> defer.Deferred:
         """Drop every session; fires when all have left their rooms."""

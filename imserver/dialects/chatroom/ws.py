@@ -236,7 +236,7 @@ class ChatroomFactory(WebSocketServerFactory):
         self.sessions: set[ChatroomSession] = set()
         self.setProtocolOptions(
             maxMessagePayloadSize=config.max_frame * 2, maxFramePayloadSize=config.max_frame * 2,
-            openHandshakeTimeout=10, **protocol_pings(config))
+            openHandshakeTimeout=10, failByDrop=False, **protocol_pings(config))
 
     def close_all(self) -> defer.Deferred:
         """Drop every session; fires when all have left their rooms."""
