@@ -108,3 +108,59 @@ async def test_one_room_three_dialects_two_processes(start_server, ws_connect):
     who = await people(a.core)
     c, k, r = await join_all(a, b, b, ws_connect, who)
     await exchange(c, k, r, who)
+
+
+@pytest_twisted.ensureDeferred
+async def test_members_of_a_dead_process_leave(server, ws_connect):
+    """A process that stops answering: its members' close (000) and leave (003) follow."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    from imserver.core.presence import Presence
+    from imserver.core.rooms import Member
+
+    core = server.core
+    who = await people(core)
+    watcher = await ws_connect(server.ws_url + "/ws/chat")
+    watcher.send({"type": "onlineaccount", "data": ""})
+    await wait_for(watcher, lambda m: m.get("type") == "onlineaccount")
+    room_user, room_token = who["chatroom"]
+    r = await ws_connect(server.ws_url + "/ws/chatroom")
+    r.send({"type": "join", "data": {"room_name": "1", "token": room_token}})
+    await wait_for(r, lambda m: m.get("type") == "user")
+    ghost_user = who["chat"]
+    ghost = Presence(core.store, reactor, "deadbeef0001", dead_after=0.2)
+    await ghost._tick()
+    conn = ghost.new_conn_id()
+    await ghost.connect(conn, ghost_user.id, "chat")
+    await core.rooms.join("1", Member.from_user(ghost_user), conn, "chat", capacity=0)
+    await wait_for(watcher, lambda m: m.get("type") == "online"
+                   and m["data"]["username"] == "chatter")
+    await deferLater(reactor, 0.3, lambda: None)   # its heartbeat expires
+    await core.presence.reap()
+    closed = await wait_for(watcher, lambda m: m.get("type") == "close"
+                            and m["data"].get("user_id") == ghost_user.id)
+    assert closed["data"]["room_id"] == 1
+    left = await wait_for(r, lambda m: m.get("type") == "user" and m["data"]["msg"] == "leave")
+    assert left["data"]["user"]["user_name"] == "chatter"
+    assert await core.rooms.population("1") == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_frozen_chatroom_client_is_dropped(start_server, ws_connect):
+    """A 003 client that stops reading (no FIN) is dropped by WebSocket pings; others see leave."""
+    server = await start_server(ping_interval=0.5, idle_timeout=1.0)
+    who = await people(server.core)
+    _, token_a = who["chatroom"]
+    ktv_user, token_b = who["ktv"]
+    a = await ws_connect(server.ws_url + "/ws/chatroom")
+    a.send({"type": "join", "data": {"room_name": "R", "token": token_a}})
+    await wait_for(a, lambda m: m.get("type") == "user")
+    b = await ws_connect(server.ws_url + "/ws/chatroom")
+    b.send({"type": "join", "data": {"room_name": "R", "token": token_b}})
+    await wait_for(b, lambda m: m.get("type") == "user")
+    await wait_for(a, lambda m: m.get("type") == "user" and m["data"]["msg"] == "join")
+    b.freeze()
+    left = await wait_for(a, lambda m: m.get("type") == "user" and m["data"]["msg"] == "leave",
+                          timeout=10)
+    assert left["data"]["user"]["user_name"] == ktv_user.phone

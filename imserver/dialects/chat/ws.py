@@ -66,6 +66,7 @@ class ChatSession(BoundedSession, WebSocketServerProtocol):
         f.sessions.add(self)
         reactor = f.reactor
         self._idle = reactor.callLater(f.idle_timeout, self._idle_timeout)
+        self._dropper = None
         self._pinger = task.LoopingCall(self._ping)
         self._pinger.clock = reactor
         self._pinger.start(f.ping_interval, now=False)
@@ -92,6 +93,8 @@ class ChatSession(BoundedSession, WebSocketServerProtocol):
             self._idle.cancel()
         if self._pinger.running:
             self._pinger.stop()
+        if self._dropper is not None and self._dropper.active():
+            self._dropper.cancel()
         self.session_closed(self.factory.bus)
         self._chain.addBoth(lambda _: defer.ensureDeferred(self._cleanup()))
         self._chain.addErrback(lambda f: log.failure("000 cleanup of {c} failed", f,
@@ -109,7 +112,7 @@ class ChatSession(BoundedSession, WebSocketServerProtocol):
                  t=self.factory.idle_timeout)
         self.sendClose(IDLE_CLOSE, "heartbeat timeout")
         # a dead peer never completes the closing handshake
-        self.factory.reactor.callLater(2, self._drop)
+        self._dropper = self.factory.reactor.callLater(2, self._drop)
 
     def _drop(self) -> None:
         if self.transport is not None and not self.closed:
