@@ -166,6 +166,9 @@ async def test_room_message_reaches_everyone_with_from(server, ws_connect):
         assert msg["data"]["message"] == "hello" and msg["data"]["room_id"] == 1
         assert msg["data"]["from"]["user_id"] == ad["user_id"]
         assert msg["data"]["from"]["username"] == "alice"
+    b.send({"type": "send", "data": {"room_id": 1, "user_id": 0, "message": "zero"}})
+    msg = await expect(guest, "send")  # user_id 0, like empty, means the room
+    assert msg["data"]["message"] == "zero" and msg["data"]["user_id"] == ""
 
 
 @pytest_twisted.ensureDeferred

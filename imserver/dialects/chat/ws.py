@@ -401,7 +401,7 @@ class ChatSession(BoundedSession, WebSocketServerProtocol):
             self.send_wire(codec.bad_params("send", [("message", "消息过长")]))
             return
         target = req.field("user_id").strip()
-        if not target:
+        if target in ("", "0"):  # user ids start at 10000: 0 is "nobody", as empty
             await f.rooms.post(self.room, self.member, text, dialect=DIALECT,
                                conn_id=self.conn_id)
             return  # the sender gets the room's ``send`` like everyone else
