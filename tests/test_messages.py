@@ -59,9 +59,11 @@ async def settle():
 class SendTests:
     @pytest_twisted.ensureDeferred
     async def test_direct_stored_then_published_to_both_parties(self, messages, bus, store,
-                                                                 accounts):
+                                                                 accounts, presence):
         """A direct message is in the pair's log and announced on user:<to> and user:<from>."""
         a, b = await users(accounts, 2)
+        await presence.connect("phone", a, "signal")
+        await presence.connect("tablet", a, "signal")     # a has another device
         to_b, to_a = Inbox(bus, f"user:{b}"), Inbox(bus, f"user:{a}")
         await to_b.sink.ready
         await to_a.sink.ready
@@ -75,6 +77,43 @@ class SendTests:
         assert event.exclude == "c1" and own.data == event.data
         entries = await store.execute("XRANGE", keys.direct_log(b, a), "-", "+")
         assert [e[0] for e in entries] == [mid]
+
+    @pytest_twisted.ensureDeferred
+    async def test_no_own_copy_without_other_devices(self, messages, bus, accounts, presence):
+        """A sender with one connection gets no copy of its own message."""
+        a, b = await users(accounts, 2)
+        await presence.connect("only", a, "signal")
+        to_b, to_a = Inbox(bus, f"user:{b}"), Inbox(bus, f"user:{a}")
+        await to_b.sink.ready
+        await to_a.sink.ready
+        await messages.send(a, "text", b, "unicast", "x")
+        await to_b.wait(1)
+        await settle()
+        assert to_a.events == []
+
+    @pytest_twisted.ensureDeferred
+    async def test_one_turn_one_script_call(self, messages, store, accounts, groups):
+        """Sends of one reactor turn are stored by one script call, each with its own outcome."""
+        a, b = await users(accounts, 2)
+        group = await groups.create(a, "g")
+        calls = []
+        real = store.eval
+
+        async def counting(script, *args, **kw):
+            calls.append(script.name)
+            return await real(script, *args, **kw)
+
+        store.eval = counting
+        results = await defer.DeferredList([
+            defer.ensureDeferred(messages.send(a, "text", b, "unicast", "1")),
+            defer.ensureDeferred(messages.send(b, "text", group.id, "group", "2")),
+            defer.ensureDeferred(messages.send(a, "text", group.id, "group", "3")),
+            defer.ensureDeferred(messages.send(a, "text", "999999", "unicast", "4"))])
+        assert calls == ["signal_send_batch"]
+        (ok1, id1), (ok2, e2), (ok3, id3), (ok4, e4) = results
+        assert ok1 and ok3 and not ok2 and not ok4
+        assert e2.check(NotMember) and e4.check(UnknownRecipient)
+        assert tuple(map(int, id1.split("-"))) < tuple(map(int, id3.split("-")))
 
     @pytest_twisted.ensureDeferred
     async def test_unknown_recipient_stores_nothing(self, messages, store, accounts):
