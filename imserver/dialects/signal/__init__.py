@@ -18,7 +18,7 @@ from twisted.logger import Logger
 
 from imserver import metrics
 from imserver.dialects.signal.groups_http import GroupApi
-from imserver.dialects.signal.ws import Heartbeat, SignalFactory, SignalWire
+from imserver.dialects.signal.ws import GroupRelays, Heartbeat, SignalFactory, SignalWire
 
 log = Logger()
 
@@ -46,6 +46,7 @@ class SignalDialect:
         self._counted = 0
         self.factory = SignalFactory(self, max_frame=config.max_frame)
         self.wire = SignalWire(self.factory.prepareMessage)
+        self.relays = GroupRelays(bus, self.wire, reactor)
         self.resource = WebSocketResource(self.factory)
         self.group_api = GroupApi(accounts=accounts, groups=groups, limits=limits,
                                   ok_code=config.signal_group_ok_code,
@@ -86,7 +87,8 @@ class SignalDialect:
                 log.failure("signal: marking {uid} offline failed", uid=uid)
 
     def flush_metrics(self) -> None:
-        n, self._counted = self.delivered - self._counted, self.delivered
+        total = self.delivered + self.relays.delivered
+        n, self._counted = total - self._counted, total
         if n:
             self._out.inc(n)
 

@@ -129,6 +129,7 @@ class SignalSession(BoundedSession, WebSocketServerProtocol):
     user_id: str | None = None
     _pending: list | None = None    # frames waiting while one is handled (None: idle)
     _held: list | None = None       # live events held back during a catch-up
+    groups: set | None = None       # ids of the groups followed (through GroupRelays)
     _closed = False
     _registered = False             # presence knows this connection
     _rate_window = 0
@@ -285,8 +286,8 @@ class SignalSession(BoundedSession, WebSocketServerProtocol):
             return
 
         def follow():
-            return [self.follow(d.bus, topic)
-                    for topic in ["user:" + uid] + ["group:" + gid for gid in group_ids]]
+            return ([self.follow(d.bus, "user:" + uid)]
+                    + [d.relays.join(self, gid) for gid in group_ids])
 
         async def fetch():
             since = await d.messages.take_inbox(uid)
@@ -315,6 +316,7 @@ class SignalSession(BoundedSession, WebSocketServerProtocol):
         uid, self.user_id = self.user_id, None
         for topic in list(self.topics):
             self.unfollow(d.bus, topic)
+        d.relays.leave_all(self)
         if self._registered:
             self._registered = False
             await d.presence.disconnect(self.conn_id)
@@ -355,11 +357,14 @@ class SignalSession(BoundedSession, WebSocketServerProtocol):
             for event, wire in held:
                 if event.kind == MESSAGE_EVENT and event.data.get("id") in delivered:
                     continue
-                self.deliver(event, wire)
+                if wire.__class__ is _Frame:
+                    self.write(wire.payloadHybi)
+                else:
+                    self.deliver(event, wire)
 
     async def _join_group(self, gid: str, since: str) -> None:
         d = self.factory.dialect
-        if self.user_id is None or "group:" + gid in self.topics:
+        if self.user_id is None or (self.groups is not None and gid in self.groups):
             return
 
         async def fetch():
@@ -367,32 +372,33 @@ class SignalSession(BoundedSession, WebSocketServerProtocol):
             _, messages = await d.messages.history(self.user_id, gid, codec.GROUP, "0-0")
             return messages
 
-        await self._catch_up(lambda: [self.follow(d.bus, "group:" + gid)], fetch)
+        await self._catch_up(lambda: [d.relays.join(self, gid)], fetch)
 
     # -- the bus sink ------------------------------------------------------------------------
 
+    def write(self, data: bytes) -> None:
+        """Write complete frames, unless the client stopped reading (then close)."""
+        transport = self.transport
+        if transport is None or self.state != STATE_OPEN:
+            return
+        if queued_bytes(transport) > self.max_queue:
+            metrics.SLOW_CLIENTS.labels(self.dialect).inc()
+            self.sendClose(SLOW_CLIENT_CODE, "client too slow: outgoing queue full")
+            return
+        write_now(transport, data)
+
     def deliver(self, event, wire) -> None:
+        """The bus sink (``user:<id>``): direct messages and membership changes."""
         if self._held is not None:
             self._held.append((event, wire))
-            return
-        if wire.__class__ is PreparedMessage:
-            transport = self.transport
-            if transport is None or self.state != STATE_OPEN:
-                return
-            if queued_bytes(transport) > self.max_queue:
-                metrics.SLOW_CLIENTS.labels(self.dialect).inc()
-                self.sendClose(SLOW_CLIENT_CODE, "client too slow: outgoing queue full")
-                return
-            # the frame is complete (server frames are not masked) and no
-            # frames of ours are queued inside Autobahn (we never chop or
-            # sync-send): write it as is
-            write_now(transport, wire.payloadHybi)
+        elif wire.__class__ is PreparedMessage:
+            self.write(wire.payloadHybi)
             self.factory.dialect.delivered += 1
         elif isinstance(wire, codec.MembershipChange):
             if wire.joined:
                 self._enqueue(_Join(wire.group_id, wire.since))
             else:
-                self.unfollow(self.factory.dialect.bus, "group:" + wire.group_id)
+                self.factory.dialect.relays.leave(self, wire.group_id)
 
 
 class _Join:
@@ -403,6 +409,109 @@ class _Join:
     def __init__(self, group_id: str, since: str):
         self.group_id = group_id
         self.since = since
+
+
+class GroupRelay:
+    """The one bus sink of a group topic on this process.
+
+    The bus hands it each event of the topic once, already framed (the
+    dialect's wire); it collects the frames of one reactor turn and then
+    writes them, joined into one buffer, to every local member session: per
+    member one write, whatever the number of messages. A member that sent
+    one of them gets the others only; a member catching up holds them.
+    """
+
+    conn_id = None
+
+    def __init__(self, relays, group_id: str):
+        self.relays = relays
+        self.codec = relays.wire
+        self.topic = "group:" + group_id
+        self.sessions: dict = {}      # insertion-ordered set of SignalSessions
+        self.pending: list = []       # (event, frame bytes) of this turn
+
+    def deliver(self, event, wire) -> None:
+        if wire.__class__ is not PreparedMessage:
+            return
+        if not self.pending:
+            self.relays.schedule(self)
+        self.pending.append((event, wire.payloadHybi))
+
+    def flush(self) -> int:
+        pending, self.pending = self.pending, []
+        data = pending[0][1] if len(pending) == 1 else b"".join(f for _, f in pending)
+        senders = {e.exclude for e, _ in pending if e.exclude is not None}
+        n = 0
+        for s in tuple(self.sessions):
+            if s._held is not None:
+                s._held.extend((e, _Frame(f)) for e, f in pending if e.exclude != s.conn_id)
+            elif s.conn_id in senders:
+                mine = b"".join(f for e, f in pending if e.exclude != s.conn_id)
+                if mine:
+                    s.write(mine)
+                    n += 1
+            else:
+                s.write(data)
+                n += 1
+        return n
+
+
+class _Frame:
+    """A frame held for a session that is catching up (see ``_catch_up``)."""
+
+    __slots__ = ("payloadHybi",)
+
+    def __init__(self, data: bytes):
+        self.payloadHybi = data
+
+
+class GroupRelays:
+    """The group relays of a dialect, and the end-of-turn flush."""
+
+    def __init__(self, bus, wire, clock):
+        self.bus = bus
+        self.wire = wire
+        self.clock = clock
+        self.by_group: dict[str, GroupRelay] = {}
+        self._due: list = []
+        self.delivered = 0
+
+    def join(self, session, group_id: str) -> defer.Deferred:
+        """Add a session to a group's relay; fires once the topic is subscribed."""
+        relay = self.by_group.get(group_id)
+        if relay is None:
+            relay = self.by_group[group_id] = GroupRelay(self, group_id)
+        relay.sessions[session] = None
+        if session.groups is None:
+            session.groups = set()
+        session.groups.add(group_id)
+        return self.bus.subscribe(relay.topic, relay)
+
+    def leave(self, session, group_id: str) -> None:
+        if session.groups is not None:
+            session.groups.discard(group_id)
+        relay = self.by_group.get(group_id)
+        if relay is None:
+            return
+        relay.sessions.pop(session, None)
+        if not relay.sessions:
+            del self.by_group[group_id]
+            self.bus.unsubscribe(relay.topic, relay)
+
+    def leave_all(self, session) -> None:
+        for gid in tuple(session.groups or ()):
+            self.leave(session, gid)
+
+    def schedule(self, relay) -> None:
+        if not self._due:
+            self.clock.callLater(0, self.flush)
+        self._due.append(relay)
+
+    def flush(self) -> None:
+        due, self._due = self._due, []
+        for relay in due:
+            if relay.pending:
+                self.delivered += relay.flush()
 
 
 class SignalFactory(WebSocketServerFactory):
