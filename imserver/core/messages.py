@@ -49,6 +49,7 @@ extension.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from json.encoder import encode_basestring as _quote
@@ -93,19 +94,23 @@ class TooFast(RateLimited):
 # are Redis time in ms and a sequence within the ms, never going back, for
 # all conversations, so sorting ids of different conversations gives the
 # order they were stored in (the offline inbox merges conversations so).
-# Then six keys per message:
-#   unicast: recipient's user record, the pair's log, sender's peers,
-#            recipient's peers, sender's rate counter, sender's connections
-#   group:   group record, its members, its log, sender's rate counter,
-#            (unused), (unused)
-# ARGV: rate limit per window (0: none), rate window (s), max length, max age
-# (ms), then ten values per message: 'u' or 'g', from, to, kind, payload,
-# ext, recipient's (or group's) channel, sender's channel ('' when it is the
-# recipient), event JSON before and after the id.
+# ARGV: rate limit per window (0: none), rate window (s), max length, max
+# age (ms), then the batch as one JSON array (one argument instead of a
+# dozen per message: the client library encodes arguments one by one, and
+# that cost more than everything else). Each message is
+#   [kind of conversation ('u'|'g'), from, to, kind, payload, ext, event
+#    JSON after the id, recipient's user record | group record, log,
+#    sender's peers | group members, recipient's peers, sender's rate
+#    counter, sender's connections, recipient's | group's channel, sender's
+#    channel ('' when it is the recipient)]
+# so the keys of a message are in its entry rather than in KEYS (we run on
+# one Redis, not a cluster). The event JSON before the id is ARGV[6].
 # Returns, per message, 1 and its id, or 0 and an error code.
 SEND_BATCH = Script("signal_send_batch", """
 local limit, window, maxlen = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local maxage = tonumber(ARGV[4])
+local batch = cjson.decode(ARGV[5])
+local head = ARGV[6]
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local seq = -1
@@ -117,32 +122,30 @@ if last then
 end
 local out = {}
 local stored = false
-for m = 0, (#ARGV - 4) / 10 - 1 do
-  local k, a = 1 + m * 6, 4 + m * 10
-  local unicast = ARGV[a + 1] == 'u'
-  local from = ARGV[a + 2]
-  local rate = unicast and KEYS[k + 5] or KEYS[k + 4]
+for _, m in ipairs(batch) do
+  local unicast = m[1] == 'u'
+  local from = m[2]
   local err = nil
   if limit > 0 then
-    local n = redis.call('INCR', rate)
-    if n == 1 then redis.call('EXPIRE', rate, window) end
+    local n = redis.call('INCR', m[12])
+    if n == 1 then redis.call('EXPIRE', m[12], window) end
     if n > limit then err = 'toofast' end
   end
   if err then
-  elseif unicast then
-    if redis.call('EXISTS', KEYS[k + 1]) == 0 then err = 'unknownuser' end
-  elseif redis.call('EXISTS', KEYS[k + 1]) == 0 then err = 'unknowngroup'
-  elseif not redis.call('ZSCORE', KEYS[k + 2], from) then err = 'notmember'
+  elseif redis.call('EXISTS', m[8]) == 0 then
+    err = unicast and 'unknownuser' or 'unknowngroup'
+  elseif not unicast and not redis.call('ZSCORE', m[10], from) then
+    err = 'notmember'
   end
   if err then
     out[#out + 1] = 0
     out[#out + 1] = err
   else
-    local log = unicast and KEYS[k + 2] or KEYS[k + 3]
+    local log = m[9]
     seq = seq + 1
     local id = string.format('%.0f-%.0f', ms, seq)
-    local fields = {'f', from, 'k', ARGV[a + 4], 'p', ARGV[a + 5], 'e', ARGV[a + 6]}
-    if unicast then fields[#fields + 1] = 't'; fields[#fields + 1] = ARGV[a + 3] end
+    local fields = {'f', from, 'k', m[4], 'p', m[5], 'e', m[6]}
+    if unicast then fields[#fields + 1] = 't'; fields[#fields + 1] = m[3] end
     if type(redis.pcall('XADD', log, 'MAXLEN', '~', maxlen, id, unpack(fields))) ~= 'string' then
       -- the log is ahead of the clock (the clock key was lost): follow the log
       id = redis.call('XADD', log, 'MAXLEN', '~', maxlen, '*', unpack(fields))
@@ -151,14 +154,14 @@ for m = 0, (#ARGV - 4) / 10 - 1 do
     end
     stored = true
     redis.call('XTRIM', log, 'MINID', '~', string.format('%.0f', ms - maxage))
-    local event = ARGV[a + 9] .. id .. ARGV[a + 10]
-    redis.call('PUBLISH', ARGV[a + 7], event)
+    local event = head .. id .. m[7]
+    redis.call('PUBLISH', m[14], event)
     if unicast then
-      redis.call('ZADD', KEYS[k + 3], ms, ARGV[a + 3])
-      redis.call('ZADD', KEYS[k + 4], ms, from)
+      redis.call('ZADD', m[10], ms, m[3])
+      redis.call('ZADD', m[11], ms, from)
       -- the sender's other devices, if it has any
-      if ARGV[a + 8] ~= '' and redis.call('SCARD', KEYS[k + 6]) > 1 then
-        redis.call('PUBLISH', ARGV[a + 8], event)
+      if m[15] ~= '' and redis.call('SCARD', m[13]) > 1 then
+        redis.call('PUBLISH', m[15], event)
       end
     end
     out[#out + 1] = 1
@@ -256,6 +259,7 @@ class Messages:
         self.page = page
         self._batch: list | None = None   # sends waiting for this turn's script call
         self._fast: bool | None = None    # may the event JSON be built by hand?
+        self._head = ""                   # the event JSON before the id, for the batch
 
     # -- sending ----------------------------------------------------------------
 
@@ -314,23 +318,26 @@ class Messages:
                                            "y": type_, "p": payload, "e": ext}, conn_id)
         rate = self._rate_key(sender)
         if type_ == UNICAST:
-            log = keys.direct_log(sender, to)
-            ks = (keys.user(to), log, keys.user_peers(sender), keys.user_peers(to), rate,
-                  keys.user_conns(sender))
-            args = ("u", sender, to, kind, payload, ext, keys.bus_channel("user:" + to),
-                    "" if to == sender else keys.bus_channel("user:" + sender), head, tail)
+            entry = ("u", sender, to, kind, payload, ext, tail, keys.user(to),
+                     keys.direct_log(sender, to), keys.user_peers(sender), keys.user_peers(to),
+                     rate, keys.user_conns(sender), keys.bus_channel("user:" + to),
+                     "" if to == sender else keys.bus_channel("user:" + sender))
         elif type_ == GROUP:
-            log = keys.group_log(to)
-            ks = (keys.group(to), keys.group_members(to), log, rate, rate, rate)
-            args = ("g", sender, to, kind, payload, ext, keys.bus_channel("group:" + to), "",
-                    head, tail)
+            entry = ("g", sender, to, kind, payload, ext, tail, keys.group(to),
+                     keys.group_log(to), keys.group_members(to), "", rate, "",
+                     keys.bus_channel("group:" + to), "")
         else:
             raise InvalidInput("type must be unicast or group")
         d = defer.Deferred()
+        if head != self._head:
+            # one event head per call of the script (it never changes in practice)
+            if self._batch:
+                self._flush_now()
+            self._head = head
         if self._batch is None:
             self._batch = []
             self.clock.callLater(0, self._flush)
-        self._batch.append((ks, args, d))
+        self._batch.append((entry, d))
         ok, value = await d
         if ok:
             return value
@@ -338,22 +345,26 @@ class Messages:
                "unknowngroup": UnknownGroup, "notmember": NotMember}[value]()
 
     def _flush(self) -> None:
+        if self._batch:
+            self._flush_now()
+
+    def _flush_now(self) -> None:
         batch, self._batch = self._batch, None
-        ks = [keys.message_clock()]
-        args = [self.user_rate, self.rate_window + 1, self.history_length, self.max_age_ms]
-        for k, a, _ in batch:
-            ks.extend(k)
-            args.extend(a)
+        if not batch:
+            return
+        args = [self.user_rate, self.rate_window + 1, self.history_length, self.max_age_ms,
+                json.dumps([e for e, _ in batch], ensure_ascii=False), self._head]
 
         def done(reply):
-            for i, (_, _, d) in enumerate(batch):
+            for i, (_, d) in enumerate(batch):
                 d.callback((int(reply[2 * i]), reply[2 * i + 1]))
 
         def failed(failure):
-            for _, _, d in batch:
+            for _, d in batch:
                 d.errback(failure)
 
-        defer.ensureDeferred(self.store.eval(SEND_BATCH, ks, args)).addCallbacks(done, failed)
+        defer.ensureDeferred(self.store.eval(SEND_BATCH, [keys.message_clock()], args)
+                             ).addCallbacks(done, failed)
 
     # -- reading ----------------------------------------------------------------
 
