@@ -368,3 +368,14 @@ class TwoProcessTests:
         await deferLater(reactor, 0.1, lambda: None)
         cb.send(f"text_{group.id}_group across_group_e")
         assert fields(await ca.recv())[2:5] == ("group across", "group", group.id)
+
+
+def test_text_frame_matches_autobahn():
+    """The dialect's own framing is byte for byte Autobahn's prepared frame."""
+    from autobahn.twisted.websocket import WebSocketServerFactory
+
+    from imserver.dialects.signal.ws import text_frame
+    factory = WebSocketServerFactory()
+    for n in (0, 5, 125, 126, 65535, 65536, 70000):
+        payload = "é".encode() * (n // 2) + b"x" * (n % 2)
+        assert text_frame(payload) == factory.prepareMessage(payload).payloadHybi

@@ -224,6 +224,17 @@ class Message:
                    _text(f.get("e", "")))
 
 
+_ERRORS = {"toofast": TooFast, "unknownuser": UnknownRecipient, "unknowngroup": UnknownGroup,
+           "notmember": NotMember}
+
+
+def _outcome(result) -> str:
+    ok, value = result
+    if ok:
+        return value
+    raise _ERRORS[value]()
+
+
 def _text(v) -> str:
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else v
 
@@ -305,9 +316,17 @@ class Messages:
         :class:`NotMember` or :class:`InvalidInput`; nothing is stored then.
         Messages sent in the same turn of the reactor share one script call.
         """
+        return await self.submit(sender, kind, to, type_, payload, ext, conn_id)
+
+    def submit(self, sender, kind: str, to, type_: str, payload: str, ext: str = "",
+               conn_id: str | None = None) -> defer.Deferred:
+        """:meth:`send` without a coroutine: a Deferred firing with the id.
+
+        Messages submitted one after the other are stored in that order.
+        """
         sender, to = str(sender), str(to)
         if kind not in KINDS:
-            raise InvalidInput("unknown message kind")
+            return defer.fail(InvalidInput("unknown message kind"))
         if self._fast is None:
             self._origin = _quote(self.bus.process_id)
             self._fast = self._check_fast_json()
@@ -327,7 +346,7 @@ class Messages:
                      keys.group_log(to), keys.group_members(to), "", rate, "",
                      keys.bus_channel("group:" + to), "")
         else:
-            raise InvalidInput("type must be unicast or group")
+            return defer.fail(InvalidInput("type must be unicast or group"))
         d = defer.Deferred()
         if head != self._head:
             # one event head per call of the script (it never changes in practice)
@@ -338,11 +357,7 @@ class Messages:
             self._batch = []
             self.clock.callLater(0, self._flush)
         self._batch.append((entry, d))
-        ok, value = await d
-        if ok:
-            return value
-        raise {"toofast": TooFast, "unknownuser": UnknownRecipient,
-               "unknowngroup": UnknownGroup, "notmember": NotMember}[value]()
+        return d.addCallback(_outcome)
 
     def _flush(self) -> None:
         if self._batch:

@@ -45,7 +45,7 @@ class SignalDialect:
         self.delivered = 0            # frames written by the fan-out path, for metrics
         self._counted = 0
         self.factory = SignalFactory(self, max_frame=config.max_frame)
-        self.wire = SignalWire(self.factory.prepareMessage)
+        self.wire = SignalWire()
         self.relays = GroupRelays(bus, self.wire, reactor)
         self.resource = EntryResource(self.factory)
         self.group_api = GroupApi(accounts=accounts, groups=groups, limits=limits,

@@ -10,7 +10,7 @@ in the order it sent them.
 A logged-in session follows the bus topics ``user:<id>`` and
 ``group:<gid>`` for each of its groups. :class:`SignalWire` is the dialect's
 bus codec: the bus asks it once per event for the wire (a
-``PreparedMessage``: framed once), and :meth:`SignalSession.deliver` writes
+``Frame``: framed once), and :meth:`SignalSession.deliver` writes
 that same frame to every session, checking only the outgoing queue bound.
 While a session catches up (the offline inbox after login, a group it was
 just added to) live events are held back and then released minus the ones
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet import defer, task, tcp
 from twisted.logger import Logger
 
@@ -49,6 +49,8 @@ PING_FRAME = b"\x89\x00"          # an empty, unmasked WebSocket ping
 MAX_PENDING = 64                  # frames queued on one connection before it is paused
 
 _CLOSE = object()                 # queued after the frames when the connection goes
+_REQUESTS = frozenset({codec.Send, codec.Heartbeat, codec.Login, codec.Logout, codec.Members,
+                       codec.Records})
 _MESSAGES_IN = metrics.MESSAGES_IN.labels("signal")
 
 
@@ -74,20 +76,38 @@ def write_now(transport, data: bytes) -> None:
     transport.write(data)
 
 
-class SignalWire:
-    """The signal dialect's bus codec: one ``PreparedMessage`` per event."""
+def text_frame(payload: bytes) -> bytes:
+    """A complete, unmasked (server to client) WebSocket text frame."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return bytes((0x81, 126)) + n.to_bytes(2, "big") + payload
+    return bytes((0x81, 127)) + n.to_bytes(8, "big") + payload
 
-    def __init__(self, prepare):
-        self._prepare = prepare   # factory.prepareMessage
+
+class Frame:
+    """Wire bytes framed once, written as they are to each session."""
+
+    __slots__ = ("payloadHybi",)   # PreparedMessage's name for the same thing
+
+    def __init__(self, data: bytes):
+        self.payloadHybi = data
+
+
+class SignalWire:
+    """The signal dialect's bus codec: one framed message per event.
+
+    It frames the text itself rather than through Autobahn's
+    ``prepareMessage`` (which does the same work with more steps): the
+    dialect never negotiates compression, so a frame is header + UTF-8.
+    """
 
     def encode_event(self, event):
         out = codec.event_output(event.topic, event.kind, event.data)
         if out.__class__ is str:
-            return self._prepare(out.encode("utf-8"))
+            return Frame(text_frame(out.encode("utf-8")))
         return out
-
-    def prepare_text(self, text: str) -> PreparedMessage:
-        return self._prepare(text.encode("utf-8"))
 
 
 def _error_code(exc: Exception) -> str:
@@ -154,8 +174,19 @@ class SignalSession(BoundedSession, WebSocketServerProtocol):
 
     def onMessage(self, payload, isBinary):
         _MESSAGES_IN.inc()
-        item = None if isBinary else payload
-        self._enqueue(item)
+        if self._pending is not None:
+            self._enqueue(None if isBinary else payload)
+            return
+        # the common case, a message to send, needs no coroutine: sends are
+        # stored in the order they are submitted, so the next frame need not
+        # wait for this one's outcome
+        req = self._decode(None if isBinary else payload)
+        if req is None or req.__class__ is codec.Heartbeat:
+            return
+        if req.__class__ is codec.Send:
+            self._send(req)
+        else:
+            self._enqueue(req)
 
     def onClose(self, wasClean, code, reason):
         if self._closed:
@@ -199,23 +230,31 @@ class SignalSession(BoundedSession, WebSocketServerProtocol):
             if len(pending) == MAX_PENDING - 1 and self.transport is not None and not self._closed:
                 self.transport.resumeProducing()
 
-    async def _handle(self, payload) -> None:
-        d = self.factory.dialect
+    def _decode(self, payload):
+        """A frame -> a request, or None after answering a bad one with an error frame."""
         if payload is None:
             self.send_text(codec.error_frame(codec.MALFORMED, "text frames only"))
-            return
-        if len(payload) > d.max_message:
-            self.send_text(codec.error_frame(
-                codec.TOO_LARGE, f"frames are limited to {d.max_message} bytes"))
-            return
+            return None
+        limit = self.factory.dialect.max_message
+        if len(payload) > limit:
+            self.send_text(codec.error_frame(codec.TOO_LARGE,
+                                             f"frames are limited to {limit} bytes"))
+            return None
         try:
-            req = codec.parse_frame(payload.decode("utf-8"))
+            return codec.parse_frame(payload.decode("utf-8"))
         except codec.FrameError as e:
             self.send_text(codec.error_frame(e.code, e.reason))
+            return None
+
+    async def _handle(self, item) -> None:
+        """One queued frame (bytes, or None for a binary one) or decoded request."""
+        d = self.factory.dialect
+        req = item if item.__class__ in _REQUESTS else self._decode(item)
+        if req is None:
             return
         try:
             if isinstance(req, codec.Send):
-                await self._send(req)
+                self._send(req)
             elif isinstance(req, codec.Heartbeat):
                 pass
             elif isinstance(req, codec.Login):
@@ -241,7 +280,7 @@ class SignalSession(BoundedSession, WebSocketServerProtocol):
         if self.state == STATE_OPEN:
             self.sendMessage(text.encode("utf-8"))
 
-    async def _send(self, req: codec.Send) -> None:
+    def _send(self, req: codec.Send) -> None:
         d = self.factory.dialect
         if self.user_id is None:
             self.send_text(codec.error_frame(codec.NOT_LOGGED_IN, "log in first"))
@@ -253,8 +292,18 @@ class SignalSession(BoundedSession, WebSocketServerProtocol):
         if self._rate_count > d.conn_rate:
             self.send_text(codec.error_frame(codec.TOO_FAST, "too many messages; slow down"))
             return
-        await d.messages.send(self.user_id, req.kind, req.to, req.type, req.payload, req.ext,
-                              conn_id=self.conn_id)
+        d.messages.submit(self.user_id, req.kind, req.to, req.type, req.payload, req.ext,
+                          conn_id=self.conn_id).addErrback(self._send_failed)
+
+    def _send_failed(self, failure) -> None:
+        exc = failure.value
+        if isinstance(exc, CoreError):
+            self.send_text(codec.error_frame(_error_code(exc), exc.reason))
+        elif isinstance(exc, (StoreTimeout, StoreError)):
+            log.warn("signal: storing a message failed: {e}", e=exc)
+            self.send_text(codec.error_frame(codec.UNAVAILABLE, "try again later"))
+        else:
+            log.failure("signal: sending failed", failure)
 
     async def _login(self, req: codec.Login) -> None:
         d = self.factory.dialect
@@ -358,7 +407,7 @@ class SignalSession(BoundedSession, WebSocketServerProtocol):
             for event, wire in held:
                 if event.kind == MESSAGE_EVENT and event.data.get("id") in delivered:
                     continue
-                if wire.__class__ is _Frame:
+                if wire.__class__ is _HeldFrame:
                     self.write(wire.payloadHybi)
                 else:
                     self.deliver(event, wire)
@@ -392,7 +441,7 @@ class SignalSession(BoundedSession, WebSocketServerProtocol):
         """The bus sink (``user:<id>``): direct messages and membership changes."""
         if self._held is not None:
             self._held.append((event, wire))
-        elif wire.__class__ is PreparedMessage:
+        elif wire.__class__ is Frame:
             self.write(wire.payloadHybi)
             self.factory.dialect.delivered += 1
         elif isinstance(wire, codec.MembershipChange):
@@ -432,7 +481,7 @@ class GroupRelay:
         self.pending: list = []       # (event, frame bytes) of this turn
 
     def deliver(self, event, wire) -> None:
-        if wire.__class__ is not PreparedMessage:
+        if wire.__class__ is not Frame:
             return
         if not self.pending:
             self.relays.schedule(self)
@@ -445,7 +494,8 @@ class GroupRelay:
         n = 0
         for s in tuple(self.sessions):
             if s._held is not None:
-                s._held.extend((e, _Frame(f)) for e, f in pending if e.exclude != s.conn_id)
+                s._held.extend((e, _HeldFrame(f)) for e, f in pending
+                               if e.exclude != s.conn_id)
             elif s.conn_id in senders:
                 mine = b"".join(f for e, f in pending if e.exclude != s.conn_id)
                 if mine:
@@ -457,8 +507,8 @@ class GroupRelay:
         return n
 
 
-class _Frame:
-    """A frame held for a session that is catching up (see ``_catch_up``)."""
+class _HeldFrame:
+    """A relay's frame held for a session that is catching up (see ``_catch_up``)."""
 
     __slots__ = ("payloadHybi",)
 
@@ -576,7 +626,7 @@ class Heartbeat:
 
     def beat(self) -> None:
         d = self.dialect
-        frame = d.wire.prepare_text(codec.heartbeat_frame(int(self.clock.seconds()))).payloadHybi
+        frame = text_frame(codec.heartbeat_frame(int(self.clock.seconds())).encode())
         data = frame + PING_FRAME
         for s in tuple(d.sessions):
             t = s.transport
