@@ -154,6 +154,24 @@ class GroupTests:
         assert await ca.no_message(0.2)
 
     @pytest_twisted.ensureDeferred
+    async def test_messages_of_one_turn(self, server, ws_connect):
+        """Group messages stored together reach each member once, in order, minus their own."""
+        (a, ca), (b, cb), (c, cc) = await online(ws_connect, server, 3)
+        group = await server.core.groups.create(a, "g", [b, c])
+        messages = server.core.messages
+        dialect = next(d for d in server.service.dialects if d.name == "signal")
+        conn_of = {s.user_id: s.conn_id for s in dialect.sessions}
+        ids = [messages.submit(a, "text", group.id, "group", "one", "", conn_of[a]),
+               messages.submit(b, "text", group.id, "group", "two", "", conn_of[b]),
+               messages.submit(a, "text", group.id, "group", "three", "", conn_of[a])]
+        for d in ids:
+            await d
+        assert [fields(await cc.recv())[2] for _ in range(3)] == ["one", "two", "three"]
+        assert [fields(await cb.recv())[2] for _ in range(2)] == ["one", "three"]
+        assert fields(await ca.recv())[2] == "two"
+        assert await ca.no_message(0.2) and await cb.no_message(0.05)
+
+    @pytest_twisted.ensureDeferred
     async def test_non_member_refused_and_nobody_receives(self, server, ws_connect):
         """A non-member's group send gets `error_notmember` and reaches no one."""
         (a, ca), (b, cb), (x, cx) = await online(ws_connect, server, 3)
@@ -379,3 +397,28 @@ def test_text_frame_matches_autobahn():
     for n in (0, 5, 125, 126, 65535, 65536, 70000):
         payload = "é".encode() * (n // 2) + b"x" * (n % 2)
         assert text_frame(payload) == factory.prepareMessage(payload).payloadHybi
+
+
+class RepairTests:
+    @pytest_twisted.ensureDeferred
+    async def test_lost_bus_link_repaired_from_the_logs(self, server, ws_connect):
+        """After the pub/sub link comes back, sessions get what was stored while it was down."""
+        (a, ca), (b, cb) = await online(ws_connect, server, 2)
+        ca.send(f"text_{b}_seen live_unicast_e")
+        assert fields(await cb.recv())[2] == "seen live"
+        dialect = next(d for d in server.service.dialects if d.name == "signal")
+        # the link "drops": b stops hearing the bus while a keeps sending
+        bus = server.core.bus
+        bus.unsubscribe(f"user:{b}", cb_session(dialect, b))
+        ca.send(f"text_{b}_missed 1_unicast_e")
+        ca.send(f"text_{b}_missed 2_unicast_e")
+        await until(lambda: _count(server, a, [b], "0", 3))
+        assert await cb.no_message(0.2)
+        bus.subscribe(f"user:{b}", cb_session(dialect, b))
+        dialect.repair()
+        assert [fields(await cb.recv())[2] for _ in range(2)] == ["missed 1", "missed 2"]
+        assert await ca.no_message(0.2)
+
+
+def cb_session(dialect, uid):
+    return next(s for s in dialect.sessions if s.user_id == uid)

@@ -54,6 +54,7 @@ class SignalDialect:
         self.heartbeat = Heartbeat(self, reactor, config.ping_interval, config.idle_timeout)
         self._out = metrics.MESSAGES_OUT.labels("signal")
         presence.on_dead(self._connection_died)
+        bus.on_resync(self.repair)
 
     def mount(self, router) -> None:
         for path in ENTRY_PATHS:
@@ -91,6 +92,17 @@ class SignalDialect:
         n, self._counted = total - self._counted, total
         if n:
             self._out.inc(n)
+
+    def repair(self) -> None:
+        """The bus link came back: each session gets what was stored meanwhile."""
+        after = self.wire.watermark
+        if not after:
+            return
+        log.info("signal: repairing {n} sessions from the logs after {after}",
+                 n=len(self.sessions), after=after)
+        for session in tuple(self.sessions):
+            if session.user_id is not None:
+                session.enqueue_repair(after)
 
     async def _connection_died(self, record: dict) -> None:
         """A process died with this connection: its user may be offline now."""

@@ -95,6 +95,11 @@ class Frame:
         self.payloadHybi = data
 
 
+def _id_key(message_id: str) -> tuple[int, int]:
+    ms, _, seq = message_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 class SignalWire:
     """The signal dialect's bus codec: one framed message per event.
 
@@ -103,9 +108,14 @@ class SignalWire:
     dialect never negotiates compression, so a frame is header + UTF-8.
     """
 
+    # the id of the last message event seen: ids increase in the order Redis
+    # publishes them, so after a lost link everything later was missed
+    watermark = ""
+
     def encode_event(self, event):
         out = codec.event_output(event.topic, event.kind, event.data)
         if out.__class__ is str:
+            self.watermark = event.data["id"]
             return Frame(text_frame(out.encode("utf-8")))
         return out
 
@@ -218,6 +228,8 @@ class SignalSession(BoundedSession, WebSocketServerProtocol):
                     pass
                 elif item.__class__ is _Join:
                     await self._join_group(item.group_id, item.since)
+                elif item.__class__ is _Repair:
+                    await self._repair(item.after)
                 else:
                     await self._handle(item)
             except Exception:
@@ -424,6 +436,20 @@ class SignalSession(BoundedSession, WebSocketServerProtocol):
 
         await self._catch_up(lambda: [d.relays.join(self, gid)], fetch)
 
+    def enqueue_repair(self, after: str) -> None:
+        self._enqueue(_Repair(after))
+
+    async def _repair(self, after: str) -> None:
+        """The bus link was down: send this user's messages stored after ``after``."""
+        d = self.factory.dialect
+        if self.user_id is None:
+            return
+        last = _id_key(after)
+        for m in await d.messages.inbox(self.user_id, last[0]):
+            # the user's own messages are left out: this connection may have sent them
+            if m.sort_key() > last and m.sender != self.user_id:
+                self.send_text(self._message_frame(m))
+
     # -- the bus sink ------------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
@@ -449,6 +475,15 @@ class SignalSession(BoundedSession, WebSocketServerProtocol):
                 self._enqueue(_Join(wire.group_id, wire.since))
             else:
                 self.factory.dialect.relays.leave(self, wire.group_id)
+
+
+class _Repair:
+    """Queued with the frames: deliver what the bus missed after ``after`` (an id)."""
+
+    __slots__ = ("after",)
+
+    def __init__(self, after: str):
+        self.after = after
 
 
 class _Join:
