@@ -422,3 +422,13 @@ class RepairTests:
 
 def cb_session(dialect, uid):
     return next(s for s in dialect.sessions if s.user_id == uid)
+
+
+@pytest_twisted.ensureDeferred
+async def test_upgrade_lets_the_http_request_go(server, ws_connect):
+    """After the upgrade nothing keeps twisted.web's channel (and request) alive."""
+    (a, ca), = await online(ws_connect, server)
+    dialect = next(d for d in server.service.dialects if d.name == "signal")
+    session = cb_session(dialect, a)
+    assert session.transport.producer is None
+    assert session.transport.protocol is session
