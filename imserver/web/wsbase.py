@@ -11,9 +11,14 @@ What every WebSocket session of every dialect shares.
 - ``deliver(event, wire)``: the bus sink interface, writing the wire as is;
 - topic subscriptions that are dropped when the connection goes;
 - the connections and messages metrics.
+
+:class:`UpgradedResource` is the ``WebSocketResource`` every dialect mounts:
+after the upgrade it lets go of twisted.web's HTTP channel (see there).
 """
 
 from __future__ import annotations
+
+from autobahn.twisted.resource import WebSocketResource
 
 from imserver import metrics
 
@@ -24,6 +29,32 @@ def queued_bytes(transport) -> int:
     # twisted's FileDescriptor keeps unsent data in dataBuffer + _tempDataBuffer
     return (len(getattr(transport, "dataBuffer", b""))
             + getattr(transport, "_tempDataLen", 0))
+
+
+class UpgradedResource(WebSocketResource):
+    """``WebSocketResource`` that lets go of the HTTP channel it upgraded.
+
+    Autobahn takes the TCP transport over from twisted.web's ``HTTPChannel``
+    but leaves the channel registered as the transport's producer and its
+    idle timer running (the site's timeout, twelve hours by default); either
+    keeps the channel and its unfinished request alive, several kilobytes
+    per WebSocket connection for as long as it stays open. Unregistering both
+    lets them go at once. Every dialect's WebSocket, at its path on the main
+    site and alone on a ``--dialect-listen`` port, is served through this.
+    """
+
+    def render(self, request):
+        channel = request.channel
+        transport = channel.transport
+        result = super().render(request)
+        # Autobahn took the transport over (it answers even a bad handshake
+        # itself) unless it could not build a protocol: then the channel
+        # still owns the connection and answers this request
+        if transport is not None and channel.transport is None:
+            channel.setTimeout(None)
+            if getattr(transport, "producer", None) is channel:
+                transport.unregisterProducer()
+        return result
 
 
 class BoundedSession:

@@ -4,10 +4,9 @@ and ``GET /video.php`` (the video list), over the shared rooms, accounts and
 catalogue.
 """
 
-from autobahn.twisted.resource import WebSocketResource
-
 from imserver.dialects.chat.http import VideoApi
 from imserver.dialects.chat.ws import ChatFactory
+from imserver.web.wsbase import UpgradedResource
 
 
 STOP_TIMEOUT = 5.0
@@ -21,7 +20,7 @@ class ChatDialect:
         self.factory = ChatFactory(config=config, reactor=reactor, accounts=accounts,
                                    rooms=rooms, bus=bus, presence=presence, limits=limits)
         self.factory.startFactory()
-        self.resource = WebSocketResource(self.factory)
+        self.resource = UpgradedResource(self.factory)
         self.http = VideoApi(catalog, blocking, config.max_body)
 
     def mount(self, router) -> None:

@@ -4,11 +4,10 @@ endpoints (:mod:`.http`) and ``/ws/chatroom`` (:mod:`.ws`), over the shared
 accounts and rooms.
 """
 
-from autobahn.twisted.resource import WebSocketResource
-
 from imserver.dialects.chatroom.auth import AuthApi
 from imserver.dialects.chatroom.http import ChatroomApi
 from imserver.dialects.chatroom.ws import ChatroomFactory
+from imserver.web.wsbase import UpgradedResource
 
 CAPACITY = 10  # the original server's room size
 STOP_TIMEOUT = 5.0
@@ -26,7 +25,7 @@ class ChatroomDialect:
                                        rooms=rooms, bus=bus, presence=presence,
                                        capacity=CAPACITY)
         self.factory.startFactory()
-        self.resource = WebSocketResource(self.factory)
+        self.resource = UpgradedResource(self.factory)
 
     def mount(self, router) -> None:
         router.add_klein(self.auth.app)

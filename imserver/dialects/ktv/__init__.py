@@ -13,12 +13,12 @@ an ask, a song) unless they are still in the room on another connection.
 
 from __future__ import annotations
 
-from autobahn.twisted.resource import WebSocketResource
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from imserver.dialects.ktv.codec import KtvCodec
 from imserver.dialects.ktv.ws import make_factory
+from imserver.web.wsbase import UpgradedResource
 
 log = Logger()
 
@@ -47,7 +47,7 @@ class KtvDialect:
         self.sessions: set = set()
         self.factory = make_factory(self, config)
         self.codec = KtvCodec(lambda text: self.factory.prepareMessage(text.encode("utf-8")))
-        self.resource = WebSocketResource(self.factory)
+        self.resource = UpgradedResource(self.factory)
         self._started = False
         presence.on_dead(self._connection_died)
 

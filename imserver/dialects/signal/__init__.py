@@ -17,8 +17,8 @@ from twisted.logger import Logger
 
 from imserver import metrics
 from imserver.dialects.signal.groups_http import GroupApi
-from imserver.dialects.signal.ws import (EntryResource, GroupRelays, Heartbeat, SignalFactory,
-                                         SignalWire)
+from imserver.dialects.signal.ws import GroupRelays, Heartbeat, SignalFactory, SignalWire
+from imserver.web.wsbase import UpgradedResource
 
 log = Logger()
 
@@ -47,7 +47,7 @@ class SignalDialect:
         self.factory = SignalFactory(self, max_frame=config.max_frame)
         self.wire = SignalWire()
         self.relays = GroupRelays(bus, self.wire, reactor)
-        self.resource = EntryResource(self.factory)
+        self.resource = UpgradedResource(self.factory)
         self.group_api = GroupApi(accounts=accounts, groups=groups, limits=limits,
                                   ok_code=config.signal_group_ok_code,
                                   max_body=config.max_body)
