@@ -3,6 +3,7 @@ The real ``twistd``: the plugin is found, bad options fail in one line, and
 the server keeps its users across a clean stop and a SIGKILL.
 """
 
+import gc
 import json
 import os
 import pathlib
@@ -106,3 +107,26 @@ def test_persistence_across_stop_and_sigkill(tmp_path):
     leftovers = subprocess.run(["pgrep", "-f", str(data / "redis" / "redis.sock")],
                                capture_output=True, text=True).stdout.split()
     assert leftovers == []
+
+
+def test_gc_is_tuned_for_the_process_once_the_service_is_ready():
+    from twisted.internet import defer
+
+    from imserver.tap import tune_gc
+
+    class Service:
+        ready = defer.Deferred()
+
+    before = gc.get_threshold()
+    try:
+        tune_gc(Service)
+        assert gc.get_threshold() == (50_000, 20, 100)
+        assert gc.get_freeze_count() == 0
+        results = []
+        Service.ready.addCallback(results.append)
+        Service.ready.callback("service")
+        assert gc.get_freeze_count() > 0
+        assert results == ["service"]      # the ready value passes through
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
