@@ -40,6 +40,7 @@ from imserver.core.messages import (MESSAGE_EVENT, NotMember, TooFast, UnknownGr
 from imserver.dialects.signal import codec
 from imserver.store.redis import StoreError, StoreTimeout
 from imserver.web.wsbase import SLOW_CLIENT_CODE, BoundedSession, queued_bytes
+from imserver.web.wsfast import FastTextFrames
 
 log = Logger()
 
@@ -155,7 +156,7 @@ async def subscribed(deferreds, clock, timeout: float = 5.0) -> None:
         log.failure("signal: subscribing failed")
 
 
-class SignalSession(BoundedSession, WebSocketServerProtocol):
+class SignalSession(BoundedSession, FastTextFrames, WebSocketServerProtocol):
     dialect = "signal"
     user_id: str | None = None
     _pending: list | None = None    # frames waiting while one is handled (None: idle)
