@@ -6,6 +6,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 
 from imserver.core.groups import Groups
+from imserver.core.errors import InvalidInput
 from imserver.core.messages import (MESSAGE_EVENT, Messages, NotMember, TooFast, UnknownGroup,
                                     UnknownRecipient)
 from imserver.store import keys
@@ -77,6 +78,30 @@ class SendTests:
         assert event.exclude == "c1" and own.data == event.data
         entries = await store.execute("XRANGE", keys.direct_log(b, a), "-", "+")
         assert [e[0] for e in entries] == [mid]
+
+    @pytest_twisted.ensureDeferred
+    async def test_post_reports_only_refusals_and_one_failing_handler_spoils_nothing(
+            self, messages, bus, accounts):
+        """post(): no Deferred per message; on_error gets the refusal, stored ones stay quiet."""
+        a, b = await users(accounts, 2)
+        to_b = Inbox(bus, f"user:{b}")
+        await to_b.sink.ready
+        seen = []
+
+        def broken(exc):
+            seen.append(("broken", type(exc)))
+            raise RuntimeError("handler bug")
+
+        # one reactor turn, so one batch: a refusal whose handler raises, then two good ones
+        messages.post(a, "text", "999999999", "unicast", "lost", "", None, broken)
+        messages.post(a, "text", b, "unicast", "one", "", None, lambda e: seen.append(e))
+        messages.post(a, "bogus", b, "unicast", "x", "", None,
+                      lambda e: seen.append(("kind", type(e))))
+        messages.post(a, "text", b, "unicast", "two", "", None, lambda e: seen.append(e))
+        events = await to_b.wait(2)
+        assert [e.data["p"] for e in events] == ["one", "two"]
+        await settle()
+        assert seen == [("kind", InvalidInput), ("broken", UnknownRecipient)]
 
     @pytest_twisted.ensureDeferred
     async def test_no_own_copy_without_other_devices(self, messages, bus, accounts, presence):

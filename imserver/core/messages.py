@@ -55,11 +55,14 @@ from dataclasses import dataclass
 from json.encoder import encode_basestring as _quote
 
 from twisted.internet import defer
+from twisted.logger import Logger
 
 from imserver.bus import Event
 from imserver.core.errors import Forbidden, InvalidInput, NotFound, RateLimited
 from imserver.store import keys
 from imserver.store.scripts import Script
+
+log = Logger()
 
 MESSAGE_EVENT = "im.message"
 UNICAST = "unicast"
@@ -235,6 +238,17 @@ def _outcome(result) -> str:
     raise _ERRORS[value]()
 
 
+def _refused(on_error, exc: Exception) -> None:
+    if on_error.__class__ is defer.Deferred:
+        on_error.errback(exc)
+        return
+    try:
+        on_error(exc)
+    except Exception:
+        # one sender's handler must not keep the others of its batch from theirs
+        log.failure("messages: an on_error handler failed")
+
+
 def _text(v) -> str:
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else v
 
@@ -324,9 +338,23 @@ class Messages:
 
         Messages submitted one after the other are stored in that order.
         """
+        d = defer.Deferred()
+        self.post(sender, kind, to, type_, payload, ext, conn_id, d)
+        return d.addCallback(_outcome)
+
+    def post(self, sender, kind: str, to, type_: str, payload: str, ext: str,
+             conn_id: str | None, on_error) -> None:
+        """:meth:`submit` for the hot path: no Deferred per message.
+
+        ``on_error`` is called with the exception if the message is refused
+        or cannot be stored (nothing happens when it is stored). It may also
+        be a Deferred, which then fires with ``(1, id)`` or ``(0, code)``, or
+        fails.
+        """
         sender, to = str(sender), str(to)
         if kind not in KINDS:
-            return defer.fail(InvalidInput("unknown message kind"))
+            _refused(on_error, InvalidInput("unknown message kind"))
+            return
         if self._fast is None:
             self._origin = _quote(self.bus.process_id)
             self._fast = self._check_fast_json()
@@ -346,8 +374,8 @@ class Messages:
                      keys.group_log(to), keys.group_members(to), "", rate, "",
                      keys.bus_channel("group:" + to), "")
         else:
-            return defer.fail(InvalidInput("type must be unicast or group"))
-        d = defer.Deferred()
+            _refused(on_error, InvalidInput("type must be unicast or group"))
+            return
         if head != self._head:
             # one event head per call of the script (it never changes in practice)
             if self._batch:
@@ -356,8 +384,7 @@ class Messages:
         if self._batch is None:
             self._batch = []
             self.clock.callLater(0, self._flush)
-        self._batch.append((entry, d))
-        return d.addCallback(_outcome)
+        self._batch.append((entry, on_error))
 
     def _flush(self) -> None:
         if self._batch:
@@ -372,11 +399,17 @@ class Messages:
 
         def done(reply):
             for i, (_, d) in enumerate(batch):
-                d.callback((int(reply[2 * i]), reply[2 * i + 1]))
+                if d.__class__ is defer.Deferred:
+                    d.callback((int(reply[2 * i]), reply[2 * i + 1]))
+                elif int(reply[2 * i]) == 0:
+                    _refused(d, _ERRORS[reply[2 * i + 1]]())
 
         def failed(failure):
             for _, d in batch:
-                d.errback(failure)
+                if d.__class__ is defer.Deferred:
+                    d.errback(failure)
+                else:
+                    _refused(d, failure.value)
 
         defer.ensureDeferred(self.store.eval(SEND_BATCH, [keys.message_clock()], args)
                              ).addCallbacks(done, failed)

@@ -31,6 +31,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet import defer, task, tcp
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from imserver import metrics
 from imserver.core.errors import CoreError, Forbidden, InvalidInput, NotFound, RateLimited
@@ -305,18 +306,17 @@ class SignalSession(BoundedSession, FastTextFrames, WebSocketServerProtocol):
         if self._rate_count > d.conn_rate:
             self.send_text(codec.error_frame(codec.TOO_FAST, "too many messages; slow down"))
             return
-        d.messages.submit(self.user_id, req.kind, req.to, req.type, req.payload, req.ext,
-                          conn_id=self.conn_id).addErrback(self._send_failed)
+        d.messages.post(self.user_id, req.kind, req.to, req.type, req.payload, req.ext,
+                        self.conn_id, self._send_failed)
 
-    def _send_failed(self, failure) -> None:
-        exc = failure.value
+    def _send_failed(self, exc: Exception) -> None:
         if isinstance(exc, CoreError):
             self.send_text(codec.error_frame(_error_code(exc), exc.reason))
         elif isinstance(exc, (StoreTimeout, StoreError)):
             log.warn("signal: storing a message failed: {e}", e=exc)
             self.send_text(codec.error_frame(codec.UNAVAILABLE, "try again later"))
         else:
-            log.failure("signal: sending failed", failure)
+            log.failure("signal: sending failed", Failure(exc))
 
     async def _login(self, req: codec.Login) -> None:
         d = self.factory.dialect
