@@ -28,6 +28,12 @@ def user_tokens(uid) -> str:         # set of token hashes of a user (revocation
 def sms_code(phone) -> str:          # hash: hash, attempts, sent; short expiry
     return f"im:sms:code:{phone}"
 
+def sms_throttle(phone) -> str:      # string: set while a new code may not be sent yet
+    return f"im:sms:throttle:{phone}"
+
+def sms_secret() -> str:             # string: the HMAC key SMS codes are stored under
+    return "im:secret:sms"
+
 def sms_verified(phone) -> str:      # string: time of the last successful verification
     return f"im:sms:verified:{phone}"
 
