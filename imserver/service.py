@@ -219,7 +219,7 @@ class IMService(service.MultiService):
         for dialect in self.dialects:
             dialect.start()
         max_request = max(config.max_body, config.max_upload) + 64 * 1024
-        site = IMSite(self.router, max_request)
+        site = IMSite(self.router, max_request, blocking)
         for ep in config.listen:
             port = await endpoints.serverFromString(reactor, ep).listen(site)
             self.ports.append(port)

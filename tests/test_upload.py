@@ -9,8 +9,6 @@ import os
 
 import pytest_twisted
 import treq
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import media_samples as samples
 
@@ -141,6 +139,29 @@ async def test_wrong_kind_corrupt_and_missing_file(server):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_big_body_is_split_in_a_media_slot(server, monkeypatch):
+    """A big upload's multipart body is split off the reactor, holding a media slot."""
+    from twisted.python.threadable import isInIOThread
+
+    from imserver.web import http as web_http
+
+    seen = []
+    real = web_http.parse_request
+    slots = server.core.media.slots
+
+    def spy(*args):
+        seen.append((isInIOThread(), slots.tokens < slots.limit))
+        return real(*args)
+
+    monkeypatch.setattr(web_http, "parse_request", spy)
+    token = await user_token(server)
+    code, body = await upload(server, "writev1", samples.wav(seconds=10, rate=8000),
+                              token=token)
+    assert code == 200 and body["code"] == 0
+    assert seen == [(False, True)]
+
+
+@pytest_twisted.ensureDeferred
 async def test_oversized_is_refused(start_server):
     """Past the kind's limit: HTTP 413, code -7, the limit in the message, nothing stored."""
     server = await start_server(max_upload=100_000)
@@ -209,50 +230,6 @@ async def test_too_many_uploads(server):
         if body["code"] != 0:
             break
     assert body["code"] == -5 and "too many" in body["message"]
-
-
-def _multipart(parts, boundary=b"b0undary", eol=b"\r\n"):
-    out = b""
-    for name, filename, data in parts:
-        disposition = b'form-data; name="' + name + b'"'
-        if filename is not None:
-            disposition += b'; filename="' + filename + b'"'
-        out += b"--" + boundary + eol + b"Content-Disposition: " + disposition + eol
-        if filename is not None:
-            out += b"Content-Type: application/octet-stream" + eol
-        out += eol + data + eol
-    return out + b"--" + boundary + b"--" + eol
-
-
-def test_split_multipart_keeps_bytes_exact():
-    """The fast splitter returns each file's bytes exactly (CRLF and boundary-like bytes inside)."""
-    from imserver.dialects.signal.upload import read_upload
-
-    tricky = b"\r\n--b0undar\r\n\r\n--b0undary-not\x00\xff" * 50
-    body = _multipart([(b"token", None, b"t0k"), (b"file", b"a.mp3", tricky)])
-    params = read_upload(b"/upload/writev1?x=1", b"multipart/form-data; boundary=b0undary",
-                         io.BytesIO(body), 1 << 20)
-    assert params.files["file"].data == tricky and params.files["file"].filename == "a.mp3"
-    assert params["token"] == "t0k" and params["x"] == "1"
-    bare_lf = _multipart([(b"file", b"a.bin", b"abc")], eol=b"\n")
-    params = read_upload(b"/upload/writev1", b"multipart/form-data; boundary=b0undary",
-                         io.BytesIO(bare_lf), 1 << 20)
-    assert params.files["file"].data == b"abc"
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=600), st.sampled_from([b"b0undary", b"x", b""]))
-def test_random_bodies_never_crash_the_splitter(junk, boundary):
-    """Random bodies give parameters or a clear InvalidInput, never another exception."""
-    from imserver.core.errors import InvalidInput
-    from imserver.dialects.signal.upload import read_upload
-
-    for body in (junk, b"--b0undary\r\n" + junk, _multipart([(b"file", b"f", junk)]) + junk):
-        try:
-            read_upload(b"/upload/writev2", b"multipart/form-data; boundary=" + boundary,
-                        io.BytesIO(body), 1 << 20)
-        except InvalidInput as e:
-            assert e.reason
 
 
 @pytest_twisted.ensureDeferred

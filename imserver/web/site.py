@@ -7,8 +7,9 @@ malformed one with a bare 400 before any route could reply in its dialect's
 form. It also caps the body: past ``max_request`` bytes nothing more is
 buffered and the request is answered 413 in JSON.
 
-``IMSite`` writes an access log line without the query string, which may
-carry tokens.
+``IMSite`` carries ``blocking``, the thread runner :func:`read_params` parses
+big bodies with, and writes an access log line without the query string,
+which may carry tokens.
 """
 
 import json
@@ -66,9 +67,10 @@ class IMSite(server.Site):
     requestFactory = IMRequest
     displayTracebacks = False
 
-    def __init__(self, resource, max_request: int, **kw):
+    def __init__(self, resource, max_request: int, blocking=None, **kw):
         super().__init__(resource, **kw)
         self.max_request = max_request
+        self.blocking = blocking    # fn, *args -> Deferred, run in a worker thread
 
     def log(self, request):
         log.debug("{method} {path} {code}", method=request.method.decode(),

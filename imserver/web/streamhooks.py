@@ -89,7 +89,7 @@ class StreamHooks:
 
     async def _handle(self, request, done: bool):
         try:
-            params = read_params(request, self.max_body)
+            params = await read_params(request, self.max_body)
         except CoreError as e:
             return json_body(request, {"code": 400, "msg": e.reason}, status=400)
         srs = isinstance(params.json, dict)

@@ -69,7 +69,7 @@ class AccountApi:
                      max_body: int | None = None, failure: str = codec.UNKNOWN_ERROR):
         metrics.HTTP_REQUESTS.labels("account").inc()
         try:
-            params = read_params(request, max_body or self.max_body)
+            params = await read_params(request, max_body or self.max_body)
         except BodyTooLarge as e:
             return json_body(request, reply(codec.BAD_REQUEST, e.reason), status=413)
         except InvalidInput as e:

@@ -73,7 +73,7 @@ class VideoApi:
     async def videos(self, request):
         callback = None
         try:
-            params = read_params(request, self.max_body)
+            params = await read_params(request, self.max_body)
             callback = params.get("callback", "").strip() or None
             if callback is not None and not _CALLBACK.match(callback):
                 callback = None

@@ -50,7 +50,7 @@ class AuthApi:
     @app.route("/auth/register", methods=["GET", "POST"])
     async def register(self, request):
         try:
-            p = read_params(request, self.max_body)
+            p = await read_params(request, self.max_body)
         except InvalidInput as e:
             return self._reply(request, {"res": e.reason})
         tel, name, password = (p.get("user_tel", "").strip(), p.get("user_name", "").strip(),
@@ -70,7 +70,7 @@ class AuthApi:
     @app.route("/auth/login", methods=["GET", "POST"])
     async def login(self, request):
         try:
-            p = read_params(request, self.max_body)
+            p = await read_params(request, self.max_body)
         except InvalidInput as e:
             return self._reply(request, {"res": e.reason, "data": {}})
         tel, password = p.get("user_tel", "").strip(), p.get("user_password", "")
@@ -96,7 +96,7 @@ class AuthApi:
     async def get_user_data(self, request):
         """The original's profile lookup by ``user_name`` or ``user_tel`` (never the password)."""
         try:
-            p = read_params(request, self.max_body)
+            p = await read_params(request, self.max_body)
         except InvalidInput as e:
             return self._reply(request, {"res": e.reason, "data": {}})
         name, tel = p.get("user_name", "").strip(), p.get("user_tel", "").strip()

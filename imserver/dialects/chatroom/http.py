@@ -68,7 +68,7 @@ class ChatroomApi:
     @app.route("/chatroom/create", methods=["GET", "POST"])
     async def create(self, request):
         try:
-            params = read_params(request, self.max_body)
+            params = await read_params(request, self.max_body)
         except InvalidInput as e:
             return self._reply(request, {"res": e.reason})
         name = params.get("room_name", "")
@@ -88,7 +88,7 @@ class ChatroomApi:
     @app.route("/chatroom/room", methods=["GET", "POST"])
     async def enter_or_leave(self, request):
         try:
-            params = read_params(request, self.max_body)
+            params = await read_params(request, self.max_body)
         except InvalidInput as e:
             return self._reply(request, {"res": e.reason})
         name, status = params.get("room_name", ""), params.get("status", "").strip()

@@ -97,7 +97,7 @@ class GroupApi:
     async def _caller(self, request):
         """(params, the token's user id as a string)."""
         metrics.HTTP_REQUESTS.labels("signal").inc()
-        params = read_params(request, self.max_body)
+        params = await read_params(request, self.max_body)
         token = token_from(request, params)
         user = await self.accounts.user_for_token(token) if token else None
         if user is None:

@@ -6,9 +6,10 @@ The client posts a multipart form whose ``file`` field holds the file (a
 form with one file under another name is accepted too) and its token
 (``token``, ``access_token`` or ``Authorization: Bearer``; with
 ``--legacy-auth`` a request without any token is admitted, as the document
-shows it). The body is split and the file checked, named and written off
-the reactor thread (:class:`imserver.core.media.MediaStore`); the reply is
-the document's::
+shows it). The body is split (:func:`imserver.web.http.read_params`, in one
+of the media store's worker slots when it is big) and the file checked,
+named and written off the reactor thread
+(:class:`imserver.core.media.MediaStore`); the reply is the document's::
 
     {"code": 0, "message": "OK", "data": "<public URL>"}       writev1, writev2
     {"code": 0, "message": "Succeeded", "data": "<public URL>"}  writev3
@@ -27,12 +28,6 @@ Refusals come in the same envelope with the group API's negative codes:
 
 from __future__ import annotations
 
-import io
-from email.message import Message
-from email.parser import BytesParser
-from email.policy import HTTP
-from urllib.parse import parse_qsl
-
 from klein import Klein
 from twisted.logger import Logger
 
@@ -40,8 +35,7 @@ from imserver import metrics
 from imserver.core.errors import CoreError, InvalidInput, RateLimited
 from imserver.core.media import MediaTooLarge
 from imserver.store.redis import StoreError, StoreTimeout
-from imserver.web.http import (Params, UploadedFile, client_address, json_body, read_params,
-                               token_from)
+from imserver.web.http import client_address, json_body, read_params, token_from
 
 log = Logger()
 
@@ -63,81 +57,6 @@ class NoToken(CoreError):
 
 class NoFile(InvalidInput):
     reason = "no file: post a multipart form with the file in field 'file'"
-
-
-class _Body:
-    """The parts of a request :func:`read_params` reads, detached from it."""
-
-    def __init__(self, uri: bytes, content_type: bytes, content):
-        self.uri = uri
-        self.content = content
-        self._content_type = content_type
-
-    def getHeader(self, name: bytes):
-        return self._content_type if name.lower() == b"content-type" else None
-
-
-def split_multipart(body: bytes, content_type: str) -> tuple[dict[str, str], dict[str, UploadedFile]]:
-    """
-    Fields and files of a ``multipart/form-data`` body.
-
-    The file bytes are sliced out by boundary search (C speed); only the small
-    part headers go through the e-mail parser. Raises InvalidInput when the
-    body is not the CRLF-delimited form browsers and HTTP libraries send.
-    """
-    header = Message()
-    header["content-type"] = content_type
-    boundary = header.get_param("boundary")
-    if not isinstance(boundary, str) or not boundary:
-        raise InvalidInput("multipart body without a boundary")
-    delimiter = b"--" + boundary.encode("latin-1")
-    fields: dict[str, str] = {}
-    files: dict[str, UploadedFile] = {}
-    pos = body.find(delimiter)
-    if pos < 0:
-        raise InvalidInput("malformed multipart body")
-    while True:
-        pos += len(delimiter)
-        if body[pos:pos + 2] == b"--":
-            return fields, files
-        if body[pos:pos + 2] != b"\r\n":
-            raise InvalidInput("malformed multipart body")
-        head_end = body.find(b"\r\n\r\n", pos)
-        if head_end < 0:
-            raise InvalidInput("malformed multipart body")
-        end = body.find(b"\r\n" + delimiter, head_end + 2)
-        if end < 0:
-            raise InvalidInput("malformed multipart body")
-        part = BytesParser(policy=HTTP).parsebytes(body[pos + 2:head_end + 4])
-        data = body[head_end + 4:end] if end >= head_end + 4 else b""
-        name = part.get_param("name", header="content-disposition")
-        if isinstance(name, str) and name:
-            filename = part.get_filename()
-            if filename is not None:
-                files[name] = UploadedFile(filename, part.get_content_type(), data)
-            else:
-                fields[name] = data.decode("utf-8", "replace")
-        pos = end + 2
-
-
-def read_upload(uri: bytes, content_type: bytes, content, max_body: int) -> Params:
-    """Query and body of an upload request; blocking (runs in a worker thread)."""
-    content.seek(0)
-    body = content.read()
-    ctype = content_type.decode("latin-1")
-    if ctype.lower().startswith("multipart/form-data"):
-        try:
-            fields, files = split_multipart(body, ctype)
-        except InvalidInput:
-            pass   # an unusual but valid form (bare LF line ends): the general parser
-        else:
-            params = Params()
-            query = uri.split(b"?", 1)[1] if b"?" in uri else b""
-            params.update(parse_qsl(query.decode("utf-8", "replace"), keep_blank_values=True))
-            params.update(fields)
-            params.files.update(files)
-            return params
-    return read_params(_Body(uri, content_type, io.BytesIO(body)), max_body)
 
 
 def _code(exc: Exception) -> int:
@@ -219,10 +138,7 @@ class UploadApi:
         content.seek(0, 2)
         if content.tell() > limit + MULTIPART_OVERHEAD:
             raise MediaTooLarge(f"file too large: at most {limit} bytes")
-        # splitting a 20 MB body is media work: it takes one of the media store's slots
-        params = await self.media.slots.run(
-            self.blocking, read_upload, request.uri,
-            request.getHeader(b"content-type") or b"", content, limit + MULTIPART_OVERHEAD)
+        params = await read_params(request, limit + MULTIPART_OVERHEAD, blocking=self._media_job)
         who = await self._caller(request, params)
         if not await self.limits.allow("upload", who, self.per_minute, 60):
             raise RateLimited("too many uploads: wait a minute")
@@ -235,6 +151,10 @@ class UploadApi:
         log.info("upload {name} ({size} bytes) by {who}", name=stored.name,
                  size=stored.size, who=who)
         return json_body(request, {"code": 0, "message": ok_message, "data": stored.url})
+
+    def _media_job(self, fn, *args):
+        # splitting a 20 MB body is media work: it takes one of the media store's slots
+        return self.media.slots.run(self.blocking, fn, *args)
 
     async def _caller(self, request, params) -> str:
         """Who uploads: the token's user id, or (legacy, no token) the address."""
