@@ -209,9 +209,8 @@ class IMService(service.MultiService):
         self.router.add_klein(ops.app)
         self.router.add_klein(StreamHooks(self.core.live).app)
         from imserver.dialects.signal.upload import UploadApi
-        self.router.add_klein(UploadApi(media=self.core.media, accounts=self.core.accounts,
-                                        limits=self.core.limits, blocking=blocking,
-                                        legacy_auth=config.legacy_auth).app)
+        UploadApi(media=self.core.media, accounts=self.core.accounts, limits=self.core.limits,
+                  blocking=blocking, legacy_auth=config.legacy_auth).mount(self.router)
         self.router.add_prefix("/media/", MediaResource(self.core.media))
         for dialect in self.dialects:
             dialect.mount(self.router)

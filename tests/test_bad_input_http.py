@@ -49,10 +49,10 @@ async def test_auth_endpoints_survive_random_input(server):
 
 @pytest_twisted.ensureDeferred
 async def test_oversized_body_refused(start_server, http):
-    """A body over the limit gets 413 in JSON and the server keeps serving."""
+    """A body over the limit gets 413 in the dialect's JSON and the server keeps serving."""
     srv = await start_server(max_body=1000, max_upload=1000)
     r = await treq.post(srv.url + "/auth/register", data=b"x" * 200_000,
                         headers={"Content-Type": ["application/x-www-form-urlencoded"]})
-    assert r.code == 413 and json.loads(await r.text())["error"] == "request body too large"
+    assert r.code == 413 and json.loads(await r.text())["res"] == "request body too large"
     code, body = await http.get_json(srv.url + "/auth/login", params={"user_tel": "1"})
     assert body["res"] == "missing parameters"

@@ -5,14 +5,13 @@ The ``twisted.web`` site every endpoint serves: request bodies and logging.
 Twisted would otherwise parse form and multipart bodies itself and answer a
 malformed one with a bare 400 before any route could reply in its dialect's
 form. It also caps the body: past ``max_request`` bytes nothing more is
-buffered and the request is answered 413 in JSON.
+buffered and the request is answered 413 in the refusal form its path's
+dialect registered with the router (:meth:`imserver.web.router.Router.refuse`).
 
 ``IMSite`` carries ``blocking``, the thread runner :func:`read_params` parses
 big bodies with, and writes an access log line without the query string,
 which may carry tokens.
 """
-
-import json
 
 from twisted.logger import Logger
 from twisted.web import server
@@ -55,15 +54,16 @@ class IMRequest(server.Request):
             self.requestHeaders.setRawHeaders(b"content-type", self._im_ctype)
         if self._im_too_large:
             self.site = self.channel.site
-            self.setResponseCode(413)
-            self.setHeader(b"content-type", b"application/json; charset=utf-8")
-            self.write(json.dumps({"error": "request body too large"}).encode())
+            self.write(self.site.resource.refuse(self, 413, "request body too large"))
             self.finish()
             return
         super().process()
 
 
 class IMSite(server.Site):
+    """``resource``: the :class:`~imserver.web.router.Router` (or a
+    ``SingleResource``), which also answers the site's refusals (``refuse``)."""
+
     requestFactory = IMRequest
     displayTracebacks = False
 

@@ -7,7 +7,13 @@ routes :mod:`.http`; the domain is :mod:`imserver.core.accounts`,
 :mod:`imserver.core.live` and :mod:`imserver.core.media`.
 """
 
+from imserver.dialects.account import codec
 from imserver.dialects.account.http import AccountApi
+
+
+def refusal(status: int, reason: str) -> dict:
+    """A request the site refused (body too large) in 001's envelope: 0009, bad request."""
+    return codec.reply(codec.BAD_REQUEST, reason)
 
 
 class AccountDialect:
@@ -20,7 +26,7 @@ class AccountDialect:
                               max_body=config.max_body, max_upload=config.max_upload)
 
     def mount(self, router) -> None:
-        router.add_klein(self.api.app)
+        router.add_klein(self.api.app, refusal=refusal)
 
     def websocket_resource(self):
         return None

@@ -4,12 +4,17 @@ and ``GET /video.php`` (the video list), over the shared rooms, accounts and
 catalogue.
 """
 
-from imserver.dialects.chat.http import VideoApi
+from imserver.dialects.chat.http import FAILED, VideoApi
 from imserver.dialects.chat.ws import ChatFactory
 from imserver.web.wsbase import UpgradedResource
 
 
 STOP_TIMEOUT = 5.0
+
+
+def refusal(status: int, reason: str) -> dict:
+    """A request the site refused (body too large, no route) in 000's failure form."""
+    return {"errCode": "1", "info": FAILED, "data": reason}
 
 
 class ChatDialect:
@@ -25,7 +30,7 @@ class ChatDialect:
 
     def mount(self, router) -> None:
         router.add("/ws/chat", self.resource)
-        router.add_klein(self.http.app)
+        router.add_klein(self.http.app, refusal=refusal)
 
     def websocket_resource(self):
         return self.resource

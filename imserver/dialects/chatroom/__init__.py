@@ -13,6 +13,11 @@ CAPACITY = 10  # the original server's room size
 STOP_TIMEOUT = 5.0
 
 
+def refusal(status: int, reason: str) -> dict:
+    """A request the site refused (body too large, no route) in 003's form."""
+    return {"res": reason}
+
+
 class ChatroomDialect:
     name = "chatroom"
 
@@ -28,8 +33,9 @@ class ChatroomDialect:
         self.resource = UpgradedResource(self.factory)
 
     def mount(self, router) -> None:
-        router.add_klein(self.auth.app)
-        router.add_klein(self.rooms_api.app)
+        router.add_klein(self.auth.app, refusal=refusal)
+        router.add_klein(self.rooms_api.app, refusal=refusal)
+        router.add_refusal(refusal, prefixes=("/auth/", "/chatroom/"))
         router.add("/ws/chatroom", self.resource)
 
     def websocket_resource(self):

@@ -16,13 +16,18 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from imserver import metrics
-from imserver.dialects.signal.groups_http import GroupApi
+from imserver.dialects.signal.groups_http import BAD_REQUEST, GroupApi
 from imserver.dialects.signal.ws import GroupRelays, Heartbeat, SignalFactory, SignalWire
 from imserver.web.wsbase import UpgradedResource
 
 log = Logger()
 
 ENTRY_PATHS = ("/entry", "/wsim/entry")
+
+
+def refusal(status: int, reason: str) -> dict:
+    """A request the site refused (body too large, no route) in the group API's envelope."""
+    return {"code": BAD_REQUEST, "message": reason}
 
 
 class SignalDialect:
@@ -59,7 +64,8 @@ class SignalDialect:
     def mount(self, router) -> None:
         for path in ENTRY_PATHS:
             router.add(path, self.resource)
-        router.add_klein(self.group_api.app)
+        router.add_klein(self.group_api.app, refusal=refusal)
+        router.add_refusal(refusal, prefixes=("/wsim/",))
 
     def websocket_resource(self):
         return self.resource

@@ -59,6 +59,11 @@ class NoFile(InvalidInput):
     reason = "no file: post a multipart form with the file in field 'file'"
 
 
+def refusal(status: int, reason: str) -> dict:
+    """A request the site refused before the route: too large is -7, anything else -1."""
+    return {"code": TOO_LARGE if status == 413 else BAD_REQUEST, "message": reason}
+
+
 def _code(exc: Exception) -> int:
     if isinstance(exc, NoToken):
         return NO_TOKEN
@@ -90,6 +95,10 @@ class UploadApi:
         self.blocking = blocking
         self.legacy_auth = legacy_auth
         self.per_minute = per_minute
+
+    def mount(self, router) -> None:
+        router.add_klein(self.app, refusal=refusal)
+        router.add_refusal(refusal, prefixes=("/upload/", "/wsim/upload/"))
 
     # -- the envelope ----------------------------------------------------------------
 
