@@ -197,7 +197,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_body", _positive_int, 1024 * 1024,
             "Largest accepted HTTP request body (except uploads), in bytes."),
     Setting("max_upload", _positive_int, 20 * 1024 * 1024,
-            "Largest accepted upload, in bytes."),
+            "Largest accepted upload, in bytes: the video limit unless"
+            " --max-upload-video, and a cap on every upload limit."),
+    Setting("max_upload_audio", _positive_int, None,
+            "Largest audio upload (004 writev1, writev2), in bytes; default 10 MiB"
+            " (or --max-upload if smaller)."),
+    Setting("max_upload_picture", _positive_int, None,
+            "Largest picture upload (004 writev2), in bytes; default 10 MiB (or"
+            " --max-upload if smaller). 001 avatars: 5 MiB, or this if smaller."),
+    Setting("max_upload_video", _positive_int, None,
+            "Largest video upload (004 writev3), in bytes; default --max-upload."),
     Setting("argon2_time_cost", _positive_int, 2,
             "argon2id time cost (iterations) for password hashes."),
     Setting("argon2_memory_cost", _positive_int, 19 * 1024,
@@ -255,6 +264,9 @@ class Config:
     max_frame: int = 64 * 1024
     max_body: int = 1024 * 1024
     max_upload: int = 20 * 1024 * 1024
+    max_upload_audio: int | None = None      # None: 10 MiB, at most max_upload
+    max_upload_picture: int | None = None    # None: 10 MiB, at most max_upload
+    max_upload_video: int | None = None      # None: max_upload
     argon2_time_cost: int = 2
     argon2_memory_cost: int = 19 * 1024
     messages_per_second: int = 20
@@ -292,6 +304,12 @@ class Config:
                     "--" + m.replace("_", "-") for m in missing))
         if self.idle_timeout <= self.ping_interval:
             raise ConfigError("--idle-timeout must be longer than --ping-interval")
+        for name in ("max_upload_audio", "max_upload_picture", "max_upload_video"):
+            value = getattr(self, name)
+            if value is not None and value > self.max_upload:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} ({value}) is larger than --max-upload"
+                    f" ({self.max_upload}), the largest upload the server reads")
         names = [n for n, _ in self.dialect_listen]
         if len(names) != len(set(names)):
             raise ConfigError("--dialect-listen names a dialect twice")

@@ -92,7 +92,10 @@ async def build_core(config: Config, reactor, store: Store, bus: Bus, blocking) 
     core = Core(config=config, reactor=reactor, store=store, bus=bus, blocking=blocking,
                 accounts=accounts, limits=limits, presence=presence)
     core.media = MediaStore(config.data_dir, config.public_url, blocking,
-                            max_upload=config.max_upload)
+                            max_upload=config.max_upload,
+                            per_media={"audio": config.max_upload_audio,
+                                       "picture": config.max_upload_picture,
+                                       "video": config.max_upload_video})
     core.rooms = Rooms(store, bus, presence, reactor, default_capacity=10,
                        history_len=config.history_length)
     core.catalog = Catalog(store)

@@ -842,11 +842,19 @@ class MediaStore:
     Deferred (the composition root passes its bounded thread pool); at most
     ``concurrency`` media jobs hold a worker at once, so big uploads never
     starve password hashing of threads.
+
+    Size limits: ``limits`` per endpoint kind (:data:`DEFAULT_LIMITS`), all
+    capped by ``max_upload``, which is also video's by default;
+    ``per_media`` (``--max-upload-audio/-picture/-video``) the largest file
+    of each media whichever endpoint takes it (a picture posted to
+    ``writev2`` is held to the picture limit; an avatar to the smaller of its
+    own and the picture limit), at most ``max_upload``; ``None`` there keeps
+    the default.
     """
 
     def __init__(self, data_dir, public_url: str, blocking, *, limits: dict | None = None,
-                 max_upload: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 concurrency: int = 2):
+                 max_upload: int | None = None, per_media: dict | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, concurrency: int = 2):
         self.directory = pathlib.Path(data_dir) / "media"
         self.public_url = public_url.rstrip("/")
         self.blocking = blocking
@@ -854,6 +862,18 @@ class MediaStore:
         if max_upload is not None:     # --max-upload: the video limit, and a cap on all
             self.limits = {k: min(v, max_upload) for k, v in self.limits.items()}
             self.limits["video"] = max_upload
+        given = {m: n for m, n in (per_media or {}).items() if n is not None}
+        if max_upload is not None:
+            given = {m: min(n, max_upload) for m, n in given.items()}
+        #: the largest file of each media, whichever endpoint takes it (the
+        #: picture default is writev2's, which took pictures and audio alike)
+        self.per_media = {"audio": given.get("audio", self.limits["audio"]),
+                          "picture": given.get("picture", self.limits["picture_or_audio"]),
+                          "video": given.get("video", self.limits["video"])}
+        self.limits["audio"] = self.per_media["audio"]
+        self.limits["picture_or_audio"] = max(self.per_media["audio"], self.per_media["picture"])
+        self.limits["avatar"] = min(self.limits["avatar"], self.per_media["picture"])
+        self.limits["video"] = self.per_media["video"]
         self.limits.update(limits or {})
         self.max_pixels = max_pixels
         self.slots = defer.DeferredSemaphore(concurrency)   # shared by every media job
@@ -901,6 +921,9 @@ class MediaStore:
 
     def _store_upload(self, data: bytes, kind: str) -> StoredMedia:
         found = probe(data, kind, self.max_pixels)
+        limit = self.per_media[found.media]
+        if len(data) > limit:    # writev2 takes both: hold each to its own limit
+            raise MediaTooLarge(f"{found.media} too large: {len(data)} bytes, at most {limit}")
         name = upload_name(data, found)
         _write_once(self.directory, name, data)
         return StoredMedia(name=name, url=self.url_for(name), path="/media/" + name,
