@@ -437,3 +437,25 @@ async def test_member_events_fold_into_one_version(machine, second, bus, store, 
     assert [e.data["reason"] for e in seen.events] == ["members"]
     machine.unwatch_room(ROOM)
     second.unwatch_room(ROOM)
+
+
+@pytest_twisted.ensureDeferred
+async def test_resync_after_a_lost_link(machine, second, bus, clock, members):
+    """After the bus link comes back, every watched stage gets a new version with the members
+    as they are, and the deadline another process set meanwhile is armed here."""
+    await machine.watch_room(ROOM)
+    await second.watch_room(ROOM)
+    listener = machine._listeners[ROOM]
+    bus.unsubscribe(f"room:{ROOM}", listener)      # this process hears nothing now
+    before = await second.sing(ROOM, song("A", duration=3))
+    second.stop()                                  # and the process that set the ask is gone
+    members[ROOM].append({"fullname": "13800000002", "nick": "b", "avatar": ""})
+    await bus.subscribe(f"room:{ROOM}", listener)
+    found = await machine.resync()
+    snap = found[ROOM]
+    assert snap.version == before.snapshot.version + 1 and snap.status == st.ASKING
+    assert [m["fullname"] for m in snap.members] == ["13800000001", "13800000002"]
+    await advance(machine, clock, ASK)             # the ask times out here
+    assert (await machine.snapshot(ROOM)).status == st.IDLE
+    machine.unwatch_room(ROOM)
+    assert await machine.resync() == {}            # nothing watched, nothing touched

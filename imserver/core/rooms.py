@@ -25,14 +25,27 @@ stream assigns its id) *before* publishing it, so history and delivery agree.
 Every change is published on the bus topic ``room:<name>`` as one of
 
 - ``room.member_joined`` ``{room, conn_id, member, dialect, created, first,
-  population, rebind, previous}``
+  population, rebind, previous, seq}``
 - ``room.member_left`` ``{room, conn_id, member, dialect, reason,
-  population}`` (reason ``leave``, ``close``, ``logout`` or ``timeout``)
+  population, seq}`` (reason ``leave``, ``close``, ``logout`` or
+  ``timeout``; ``rebind`` true when the connection stays, as someone else)
 - ``room.message`` ``{room, id, ts, sender, text, dialect, conn_id, extra}``
 
 with ``member``/``sender`` as :meth:`Member.to_dict`. Each dialect renders
 these in its own wire format; ``dialect`` says where the change came from and
-``extra`` carries dialect-specific fields.
+``extra`` carries dialect-specific fields. Member events also carry ``seq``,
+the room's membership sequence number (it grows with every change).
+
+Catching up after a lost bus link. Redis pub/sub drops what is published
+while a process's link is down, so each session keeps a :class:`RoomFeed`:
+per room, the id of the newest message it was shown (the log's end when it
+joined). After the link comes back, :meth:`Rooms.resync` reads, once per
+process, what changed: the membership of every room its sessions are in
+(compared with this process's :class:`Roster` of it, kept from the member
+events it received, which yields ``member_left`` (reason ``resync``) and
+``member_joined`` events for what was missed) and, on demand, the messages
+after a position. Each feed shows its session those, in log order, then the
+events that arrived meanwhile, without the ones already shown.
 
 Connections of a process that died are removed (reason ``timeout``) through
 :meth:`Presence.on_dead`.
@@ -47,7 +60,9 @@ from urllib.parse import quote
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from imserver.bus import Event
 from imserver.core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from imserver.store import keys
 from imserver.store.scripts import Script
@@ -133,6 +148,8 @@ class JoinResult:
     created: bool          # the room did not exist before this join
     population: int        # after the join
     first: bool = False    # no other connection was in the room
+    position: str = "0-0"  # the id of the log's newest message at the join
+    seq: int = 0           # the room's membership sequence number after the join
 
 
 @dataclass
@@ -159,8 +176,27 @@ class RoomMessage:
                    conn_id=d.get("conn_id"))
 
 
+MESSAGE = "room.message"
+JOINED = "room.member_joined"
+LEFT = "room.member_left"
+
+
 def topic(name: str) -> str:
     return f"room:{name}"
+
+
+def id_key(message_id: str) -> tuple[int, int]:
+    """A stream id as a tuple that orders like the stream: "17-3" -> (17, 3)."""
+    ms, _, seq = str(message_id).partition("-")
+    try:
+        return int(ms), int(seq or 0)
+    except ValueError:
+        return (0, 0)
+
+
+def _after(key: tuple[int, int]) -> str:
+    """The smallest stream id greater than ``key`` (an exclusive XRANGE start on Redis 5)."""
+    return f"{key[0]}-{key[1] + 1}"
 
 
 def check_name(name) -> str:
@@ -234,10 +270,11 @@ redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
 return 1
 """)
 
-# KEYS: room, index, conns, occ, resv, conn_rooms.
+# KEYS: room, index, conns, occ, resv, conn_rooms, log.
 # ARGV: name, conn_id, entry, occupant, create, capacity, creator, cover, now, ttl.
-# -> {status, created, first, population}; status 0 ok, 1 this connection is
-# already in, -1 no such room, -2 full.
+# -> {status, created, first, population, seq, position}; status 0 ok, 1 this
+# connection is already in, -1 no such room, -2 full. ``position`` is the id
+# of the log's newest message: what the joiner is shown starts after it.
 JOIN = Script("rooms_join", _LUA_LIB + """
 local created = 0
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -261,11 +298,15 @@ if redis.call('HLEN', KEYS[3]) == 0 then first = 1 end
 hold(KEYS[4], KEYS[5], ARGV[4])
 redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
 redis.call('SADD', KEYS[6], ARGV[1])
-return {0, created, first, redis.call('HLEN', KEYS[4])}
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local newest = redis.call('XREVRANGE', KEYS[7], '+', '-', 'COUNT', 1)
+local position = '0-0'
+if newest[1] then position = newest[1][1] end
+return {0, created, first, redis.call('HLEN', KEYS[4]), seq, position}
 """)
 
-# KEYS: conns, occ, resv, conn_rooms. ARGV: name, conn_id, now, ttl.
-# -> {entry, population} or nil if the connection was not in the room.
+# KEYS: conns, occ, resv, conn_rooms, room. ARGV: name, conn_id, now, ttl.
+# -> {entry, population, seq} or nil if the connection was not in the room.
 LEAVE = Script("rooms_leave", _LUA_LIB + """
 redis.call('SREM', KEYS[4], ARGV[1])
 local entry = redis.call('HGET', KEYS[1], ARGV[2])
@@ -273,13 +314,16 @@ if not entry then return false end
 redis.call('HDEL', KEYS[1], ARGV[2])
 release(KEYS[2], KEYS[3], occupant_of(entry), ARGV[3], ARGV[4])
 prune(KEYS[2], KEYS[3], ARGV[3])
-return {entry, redis.call('HLEN', KEYS[2])}
+local seq = 0
+if redis.call('EXISTS', KEYS[5]) == 1 then seq = redis.call('HINCRBY', KEYS[5], 'seq', 1) end
+return {entry, redis.call('HLEN', KEYS[2]), seq}
 """)
 
-# KEYS: conns, occ, resv. ARGV: conn_id, new entry, new occupant, now, ttl.
+# KEYS: conns, occ, resv, room. ARGV: conn_id, new entry, new occupant, now, ttl.
 # Replaces the member a connection is (000 login/logout on an open
 # connection). A swap never raises the population, so no capacity check.
-# -> {old entry, population} or nil.
+# -> {old entry, population, seq} or nil. It may publish two events (the old
+# member left, the new one joined): they get seq - 1 and seq.
 REBIND = Script("rooms_rebind", _LUA_LIB + """
 local entry = redis.call('HGET', KEYS[1], ARGV[1])
 if not entry then return false end
@@ -289,7 +333,9 @@ if old ~= ARGV[3] then
   release(KEYS[2], KEYS[3], old, ARGV[4], ARGV[5])
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return {entry, redis.call('HLEN', KEYS[2])}
+local seq = 0
+if redis.call('EXISTS', KEYS[4]) == 1 then seq = redis.call('HINCRBY', KEYS[4], 'seq', 2) end
+return {entry, redis.call('HLEN', KEYS[2]), seq}
 """)
 
 # KEYS: room, occ, resv. ARGV: user id, now, ttl.
@@ -338,6 +384,13 @@ prune(KEYS[1], KEYS[2], ARGV[1])
 return redis.call('HLEN', KEYS[1])
 """)
 
+# KEYS: room, conns, occ. -> {seq, population, {conn_id, entry, ...}}: the
+# membership and its sequence number, read together.
+ROSTER = Script("rooms_roster", """
+local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') or 0
+return {seq, redis.call('HLEN', KEYS[3]), redis.call('HGETALL', KEYS[2])}
+""")
+
 
 def _entry(member: Member, conn_id: str, dialect: str, now: float) -> str:
     record = {"m": member.to_dict(), "d": dialect, "t": now}
@@ -346,10 +399,15 @@ def _entry(member: Member, conn_id: str, dialect: str, now: float) -> str:
 
 
 def _parse_entry(entry) -> tuple[Member, str]:
+    member, dialect, _ = _parse_record(entry)
+    return member, dialect
+
+
+def _parse_record(entry) -> tuple[Member, str, float]:
     if isinstance(entry, bytes):
         entry = entry.decode("utf-8", "replace")
     record = json.loads(entry.split("|", 1)[1])
-    return Member.from_dict(record.get("m") or {}), record.get("d", "")
+    return Member.from_dict(record.get("m") or {}), record.get("d", ""), record.get("t", 0)
 
 
 def _int_or_none(value) -> int | None:
@@ -371,6 +429,8 @@ class Rooms:
         self.default_capacity = default_capacity
         self.history_len = history_len
         self.reserve_ttl = reserve_ttl
+        self._rosters: dict[str, Roster] = {}
+        self._resyncing: Shared | None = None
         if presence is not None:
             presence.on_dead(self._connection_died)
 
@@ -461,9 +521,9 @@ class Rooms:
         cap = self.default_capacity if capacity is None else max(int(capacity), 0)
         now = self.clock.seconds()
         k = room_keys(name)
-        status, created, first, population = await self.store.eval(
+        status, created, first, population, *rest = await self.store.eval(
             JOIN, [k["room"], keys.room_index(), k["conns"], k["occ"], k["resv"],
-                   keys.conn_rooms(conn_id)],
+                   keys.conn_rooms(conn_id), k["log"]],
             [name, conn_id, _entry(member, conn_id, dialect, now), member.occupant(conn_id),
              "1" if create else "0", str(cap),
              "" if member.user_id is None else str(member.user_id), cover or "", repr(now),
@@ -474,13 +534,14 @@ class Rooms:
             raise RoomFull()
         if status == 1:
             raise AlreadyJoined()
+        seq, position = int(rest[0]), str(rest[1])
         room = await self.get(name)
-        await self.bus.publish(topic(name), "room.member_joined", {
+        await self.bus.publish(topic(name), JOINED, {
             "room": name, "conn_id": conn_id, "member": member.to_dict(),
             "dialect": dialect, "created": bool(created), "first": bool(first),
-            "population": int(population), "rebind": False, "previous": None})
+            "population": int(population), "rebind": False, "previous": None, "seq": seq})
         return JoinResult(room=room, created=bool(created), population=int(population),
-                          first=bool(first))
+                          first=bool(first), position=position, seq=seq)
 
     async def leave(self, name: str, conn_id: str, reason: str = "leave") -> Member | None:
         """Take a connection out of a room; the member it was, or None if it was not in."""
@@ -490,15 +551,16 @@ class Rooms:
             return None
         k = room_keys(name)
         reply = await self.store.eval(
-            LEAVE, [k["conns"], k["occ"], k["resv"], keys.conn_rooms(conn_id)],
+            LEAVE, [k["conns"], k["occ"], k["resv"], keys.conn_rooms(conn_id), k["room"]],
             [name, conn_id, repr(self.clock.seconds()), repr(self.reserve_ttl)])
         if not reply:
             return None
-        entry, population = reply
+        entry, population, seq = reply
         member, dialect = _parse_entry(entry)
-        await self.bus.publish(topic(name), "room.member_left", {
+        await self.bus.publish(topic(name), LEFT, {
             "room": name, "conn_id": conn_id, "member": member.to_dict(),
-            "dialect": dialect, "reason": reason, "population": int(population)})
+            "dialect": dialect, "reason": reason, "population": int(population),
+            "seq": int(seq)})
         return member
 
     async def leave_all(self, conn_id: str, reason: str = "close") -> list[tuple[str, Member]]:
@@ -524,22 +586,26 @@ class Rooms:
         k = room_keys(name)
         now = self.clock.seconds()
         reply = await self.store.eval(
-            REBIND, [k["conns"], k["occ"], k["resv"]],
+            REBIND, [k["conns"], k["occ"], k["resv"], k["room"]],
             [conn_id, _entry(member, conn_id, dialect, now),
              member.occupant(conn_id), repr(now), repr(self.reserve_ttl)])
         if not reply:
             return None
-        entry, population = reply
+        entry, population, seq = reply
+        seq = int(seq)
         old, _ = _parse_entry(entry)
         if not old.is_guest:
-            await self.bus.publish(topic(name), "room.member_left", {
+            # "rebind": the connection stays in the room (as a guest if no join follows)
+            await self.bus.publish(topic(name), LEFT, {
                 "room": name, "conn_id": conn_id, "member": old.to_dict(),
-                "dialect": dialect, "reason": reason, "population": int(population)})
+                "dialect": dialect, "reason": reason, "population": int(population),
+                "rebind": True, "seq": seq - 1})
         if not member.is_guest:
-            await self.bus.publish(topic(name), "room.member_joined", {
+            await self.bus.publish(topic(name), JOINED, {
                 "room": name, "conn_id": conn_id, "member": member.to_dict(),
                 "dialect": dialect, "created": False, "first": False,
-                "population": int(population), "rebind": True, "previous": old.to_dict()})
+                "population": int(population), "rebind": True, "previous": old.to_dict(),
+                "seq": seq})
         return old
 
     async def members(self, name: str) -> list[tuple[str, Member]]:
@@ -575,7 +641,7 @@ class Rooms:
             "x", json.dumps(extra, ensure_ascii=False))
         msg = RoomMessage(id=msg_id, ts=ts, room=name, sender=sender, text=text,
                           dialect=dialect, extra=extra, conn_id=conn_id)
-        await self.bus.publish(topic(name), "room.message", msg.to_dict())
+        await self.bus.publish(topic(name), MESSAGE, msg.to_dict())
         return msg
 
     async def history(self, name: str, limit: int = 200) -> list[RoomMessage]:
@@ -586,18 +652,112 @@ class Rooms:
             return []
         rows = await self.store.execute("XREVRANGE", room_keys(name)["log"], "+", "-",
                                         "COUNT", str(max(int(limit), 0) or 1)) or []
-        out = []
-        for msg_id, flat in rows:
-            f = dict(zip(flat[::2], flat[1::2]))
-            try:
-                sender = Member.from_dict(json.loads(f.get("s") or "{}"))
-                extra = json.loads(f.get("x") or "{}")
-            except ValueError:
-                continue
-            out.append(RoomMessage(id=msg_id, ts=float(f.get("ts") or 0), room=name,
-                                   sender=sender, text=f.get("t", ""), dialect=f.get("d", ""),
-                                   extra=extra, conn_id=f.get("c") or None))
+        out = _messages(name, rows)
         return out[:limit] if limit > 0 else []
+
+    async def since(self, name: str, after: str | tuple[int, int],
+                    limit: int | None = None) -> list[RoomMessage]:
+        """The room's messages after the id ``after``, oldest first (at most ``limit``)."""
+        try:
+            check_name(name)
+        except InvalidInput:
+            return []
+        key = after if isinstance(after, tuple) else id_key(after)
+        rows = await self.store.execute("XRANGE", room_keys(name)["log"], _after(key), "+",
+                                        "COUNT", str(limit or self.history_len)) or []
+        return _messages(name, rows)
+
+    # -- catching up after a lost bus link --------------------------------------
+
+    def track(self, name: str) -> None:
+        """A session of this process is in ``name``: keep a roster of it (nests)."""
+        roster = self._rosters.get(name)
+        if roster is None:
+            roster = self._rosters[name] = Roster(name)
+            roster.sink = self.bus.listen(topic(name), roster.apply)
+            d = defer.ensureDeferred(self._load(roster, roster.sink.ready))
+            d.addErrback(lambda f: log.failure("roster of {room} not loaded", f, room=name))
+        roster.users += 1
+
+    def untrack(self, name: str) -> None:
+        roster = self._rosters.get(name)
+        if roster is None:
+            return
+        roster.users -= 1
+        if roster.users <= 0:
+            del self._rosters[name]
+            self.bus.unsubscribe(topic(name), roster.sink)
+
+    def tracked(self) -> list[str]:
+        return sorted(self._rosters)
+
+    async def _read_roster(self, name: str) -> tuple[int, int, dict]:
+        k = room_keys(name)
+        seq, population, flat = await self.store.eval(ROSTER, [k["room"], k["conns"], k["occ"]])
+        conns = {}
+        for conn_id, entry in zip(flat[::2], flat[1::2]):
+            try:
+                member, dialect, t = _parse_record(entry)
+            except (ValueError, IndexError):
+                continue
+            conns[conn_id] = (member.to_dict(), dialect, t)
+        return int(seq), int(population), conns
+
+    async def _load(self, roster: "Roster", subscribed) -> None:
+        await subscribed  # events from now on reach the roster: none is missed
+        try:
+            seq, _, conns = await self._read_roster(roster.room)
+        except Exception:
+            roster.failed()
+            raise
+        roster.load(seq, conns)
+
+    def resync(self) -> defer.Deferred:
+        """
+        After the bus link came back: compare each tracked room's membership
+        with its roster. Fires with a :class:`Resync`; calls while one is
+        under way share it, so a process reads each room once.
+        """
+        if self._resyncing is None:
+            d = defer.ensureDeferred(self._resync())
+            if d.called:
+                return Shared(d).get()
+
+            def done(result):
+                # before the waiters hear of it: one of them may start the next resync
+                self._resyncing = None
+                return result
+
+            d.addBoth(done)
+            self._resyncing = Shared(d)
+        return self._resyncing.get()
+
+    async def _resync(self) -> "Resync":
+        rosters = [r for r in self._rosters.values()]
+        results = await defer.DeferredList(
+            [defer.ensureDeferred(self._resync_room(r)) for r in rosters], consumeErrors=True)
+        changes = {}
+        for roster, (ok, change) in zip(rosters, results):
+            if ok and change is not None:
+                changes[roster.room] = change
+            elif not ok:
+                log.warn("resync of room {room} failed: {e}", room=roster.room,
+                         e=change.getErrorMessage())
+        return Resync(self, changes)
+
+    async def _resync_room(self, roster: "Roster") -> "RosterChange | None":
+        before = roster.begin()
+        try:
+            seq, population, conns = await self._read_roster(roster.room)
+        except Exception:
+            roster.failed()
+            raise
+        roster.load(seq, conns)
+        if before is None:
+            return None  # never loaded: nothing to compare with
+        return RosterChange(roster.room, seq,
+                            _differences(roster.room, before, conns, seq, population,
+                                         self.clock.seconds()))
 
     # -- process death --------------------------------------------------------
 
@@ -606,3 +766,307 @@ class Rooms:
         if not conn_id:
             return None
         return defer.ensureDeferred(self.leave_all(conn_id, reason="timeout"))
+
+
+def _messages(name: str, rows) -> list[RoomMessage]:
+    """Stream rows ``[[id, [field, value, …]], …]`` as messages (unreadable ones left out)."""
+    out = []
+    for msg_id, flat in rows:
+        f = dict(zip(flat[::2], flat[1::2]))
+        try:
+            sender = Member.from_dict(json.loads(f.get("s") or "{}"))
+            extra = json.loads(f.get("x") or "{}")
+        except ValueError:
+            continue
+        out.append(RoomMessage(id=msg_id, ts=float(f.get("ts") or 0), room=name,
+                               sender=sender, text=f.get("t", ""), dialect=f.get("d", ""),
+                               extra=extra, conn_id=f.get("c") or None))
+    return out
+
+
+# -- catching up after a lost bus link ------------------------------------------
+
+class Shared:
+    """One result awaited by many: each :meth:`get` is a new Deferred for it."""
+
+    _PENDING = object()
+
+    def __init__(self, d: defer.Deferred):
+        self._result = self._PENDING
+        self._waiters: list[defer.Deferred] = []
+        d.addBoth(self._fired)
+
+    def _fired(self, result):
+        self._result = result
+        waiters, self._waiters = self._waiters, []
+        for w in waiters:
+            self._give(w)
+        return None
+
+    def _give(self, w: defer.Deferred) -> None:
+        if isinstance(self._result, Failure):
+            w.errback(self._result)
+        else:
+            w.callback(self._result)
+
+    def get(self) -> defer.Deferred:
+        w = defer.Deferred()
+        if self._result is self._PENDING:
+            self._waiters.append(w)
+        else:
+            self._give(w)
+        return w
+
+
+class Roster:
+    """
+    This process's picture of who is in a room: each connection's member, as
+    the member events this process received say, and the sequence number of
+    the last one. It is what the sessions here were shown, so after a lost
+    bus link its difference from Redis is what they missed.
+    """
+
+    def __init__(self, room: str):
+        self.room = room
+        self.users = 0          # sessions of this process that track the room
+        self.sink = None        # the bus listener feeding it
+        self.seq = -1
+        self.conns: dict[str, tuple[dict, str, float]] = {}  # conn -> member, dialect, since
+        self.loaded = False
+        self._pending: list | None = []  # events that came while Redis was being read
+
+    def apply(self, event) -> None:
+        if event.kind != JOINED and event.kind != LEFT:
+            return
+        if self._pending is not None:
+            self._pending.append(event)
+        elif self.loaded:
+            self._apply(event)
+
+    def _apply(self, event) -> None:
+        data = event.data
+        try:
+            seq = int(data["seq"])
+        except (KeyError, TypeError, ValueError):
+            seq = None
+        if seq is not None:
+            if seq <= self.seq:
+                return  # already in the picture (read from Redis after it happened)
+            self.seq = seq
+        conn = data.get("conn_id")
+        if not conn:
+            return
+        member = Member.from_dict(data.get("member") or {}).to_dict()
+        dialect = data.get("dialect", "")
+        if event.kind == JOINED:
+            since = self.conns.get(conn, (None, None, event.ts))[2]
+            self.conns[conn] = (member, dialect, since)
+        elif data.get("rebind"):
+            # the connection stays, as a guest unless a join of the new member follows
+            since = self.conns.get(conn, (None, None, event.ts))[2]
+            self.conns[conn] = (Member.guest().to_dict(), dialect, since)
+        else:
+            self.conns.pop(conn, None)
+
+    def begin(self) -> dict | None:
+        """A re-read starts: the picture so far (None if there is none yet); events wait."""
+        before = dict(self.conns) if self.loaded else None
+        if self._pending is None:
+            self._pending = []
+        return before
+
+    def load(self, seq: int, conns: dict) -> None:
+        """What Redis says at ``seq``; then the events that came meanwhile, if newer."""
+        if not self.loaded or seq >= self.seq:
+            self.conns, self.seq, self.loaded = dict(conns), seq, True
+        pending, self._pending = self._pending or [], None
+        for event in pending:
+            self._apply(event)
+
+    def failed(self) -> None:
+        """A read failed: go on from the picture so far (an unloaded roster stays so)."""
+        pending, self._pending = self._pending or [], None
+        if self.loaded:
+            for event in pending:
+                self._apply(event)
+
+
+def _differences(room: str, before: dict, after: dict, seq: int, population: int,
+                 now: float) -> list[Event]:
+    """Member events that take a picture ``before`` to ``after`` (lefts first, then joins)."""
+    events = []
+    for _, conn, member, dialect in sorted(
+            (since, conn, member, dialect) for conn, (member, dialect, since) in before.items()):
+        current = after.get(conn)
+        if current is None or (current[0] != member and not Member.from_dict(member).is_guest):
+            events.append(Event(topic(room), LEFT, {
+                "room": room, "conn_id": conn, "member": member, "dialect": dialect,
+                "reason": "resync", "population": population, "seq": seq, "resync": True},
+                ts=now))
+    for since, conn, member, dialect in sorted(
+            (since, conn, member, dialect) for conn, (member, dialect, since) in after.items()):
+        old = before.get(conn)
+        if old is None or (old[0] != member and not Member.from_dict(member).is_guest):
+            events.append(Event(topic(room), JOINED, {
+                "room": room, "conn_id": conn, "member": member, "dialect": dialect,
+                "created": False, "first": False, "population": population,
+                "rebind": old is not None, "previous": old[0] if old is not None else None,
+                "seq": seq, "resync": True}, ts=now))
+    return events
+
+
+@dataclass
+class RosterChange:
+    room: str
+    seq: int                 # the membership sequence number the change brings a session to
+    events: list             # bus Events (member left/joined) that bring a picture up to date
+
+
+class Resync:
+    """What :meth:`Rooms.resync` found, shared by every session of the process."""
+
+    def __init__(self, rooms: Rooms, changes: dict[str, RosterChange]):
+        self.rooms = rooms
+        self.changes = changes
+        self._reads: dict[tuple, Shared] = {}
+
+    def missed(self, name: str, after: tuple[int, int]) -> defer.Deferred:
+        """The room's messages after ``after`` as bus Events; read once per position."""
+        shared = self._reads.get((name, after))
+        if shared is None:
+            shared = self._reads[(name, after)] = Shared(
+                defer.ensureDeferred(self._read(name, after)))
+        return shared.get()
+
+    async def _read(self, name: str, after: tuple[int, int]) -> list[Event]:
+        return [Event(topic(name), MESSAGE, m.to_dict(), ts=m.ts)
+                for m in await self.rooms.since(name, after)]
+
+
+class RoomFeed:
+    """
+    What one session was shown of its rooms, and its catch-up after a lost
+    bus link.
+
+    The session tells it which rooms it :meth:`entered` (with the join's
+    :class:`JoinResult`) and :meth:`left`, and passes every bus event through
+    :meth:`admit` before showing it. When the link comes back the dialect
+    calls :meth:`hold` at once (events from then on wait) and queues
+    :meth:`catch_up`, which shows, per room, the messages after the newest
+    one the session was shown, the membership changes it missed, and then the
+    held events, leaving out those already shown. Messages shown by a
+    catch-up are remembered for ``CAUGHT_FOR`` seconds, in case a late copy
+    still comes over the bus.
+    """
+
+    CAUGHT_FOR = 60.0
+
+    def __init__(self, rooms: Rooms, clock, *, roster: bool = True):
+        self.rooms = rooms
+        self.clock = clock
+        self.roster = roster     # track room rosters (dialects that show membership)
+        self.positions: dict[str, tuple[int, int] | None] = {}
+        self._held: list | None = None
+        self._holds = 0
+        self._caught: set[str] = set()
+        self._caught_until = 0.0
+        self._seqs: dict[str, int] = {}
+
+    def entered(self, name: str, result: JoinResult | None = None) -> None:
+        if name not in self.positions and self.roster:
+            self.rooms.track(name)
+        pos = id_key(result.position) if result is not None else None
+        old = self.positions.get(name)
+        self.positions[name] = max(old, pos) if old is not None and pos is not None \
+            else (pos if pos is not None else old)
+
+    def left(self, name: str) -> None:
+        if name in self.positions:
+            del self.positions[name]
+            if self.roster:
+                self.rooms.untrack(name)
+
+    def close(self) -> None:
+        for name in list(self.positions):
+            self.left(name)
+        self._held = None
+
+    def admit(self, event, wire) -> bool:
+        """Whether the session should show this bus event now (it may be held, or a copy)."""
+        if self._held is not None:
+            self._held.append((event, wire))
+            return False
+        if event.kind == MESSAGE:
+            return self._fresh(event.data)
+        return True
+
+    def _fresh(self, data: dict) -> bool:
+        msg_id = data.get("id")
+        if self._caught:
+            if self.clock.seconds() > self._caught_until:
+                self._caught.clear()
+            elif msg_id in self._caught:
+                return False
+        name = data.get("room")
+        if msg_id and name in self.positions:
+            key, pos = id_key(msg_id), self.positions[name]
+            if pos is None or key > pos:
+                self.positions[name] = key
+        return True
+
+    def hold(self) -> None:
+        self._holds += 1
+        if self._held is None:
+            self._held = []
+
+    async def catch_up(self, resync: defer.Deferred, codec, show) -> None:
+        """
+        Show what the bus dropped, then what was held. ``resync`` is a
+        Deferred from :meth:`Rooms.resync`; ``show(event, wire)`` is the
+        session's own delivery, ``codec`` its bus codec.
+        """
+        try:
+            found = await resync
+            for name in list(self.positions):
+                pos = self.positions.get(name)
+                if pos is not None:
+                    for event in await found.missed(name, pos):
+                        if name not in self.positions:
+                            break
+                        msg_id = event.data["id"]
+                        self._caught.add(msg_id)
+                        key = id_key(msg_id)
+                        if self.positions[name] is None or key > self.positions[name]:
+                            self.positions[name] = key
+                        _show(codec, show, event)
+                change = found.changes.get(name)
+                if change is not None and name in self.positions:
+                    self._seqs[name] = change.seq
+                    for event in change.events:
+                        _show(codec, show, event)
+        except Exception:
+            log.failure("catching up after the bus link came back failed")
+        finally:
+            self._release(show)
+
+    def _release(self, show) -> None:
+        self._holds = max(self._holds - 1, 0)
+        if self._holds > 0 or self._held is None:
+            return
+        held, self._held = self._held, None
+        self._caught_until = self.clock.seconds() + self.CAUGHT_FOR
+        seqs, self._seqs = self._seqs, {}
+        for event, wire in held:
+            if event.kind == JOINED or event.kind == LEFT:
+                seen = seqs.get(event.data.get("room"))
+                seq = event.data.get("seq")
+                if seen is not None and isinstance(seq, int) and seq <= seen:
+                    continue  # the membership read already covered it
+            if self.admit(event, wire):
+                show(event, wire)
+
+
+def _show(codec, show, event) -> None:
+    wire = event.wire(codec)
+    if wire is not None:
+        show(event, wire)

@@ -31,7 +31,9 @@ they are handed. A stage therefore keeps moving when any one process dies.
 Membership changes (from any dialect, through :mod:`imserver.core.rooms`)
 are folded into the stage's version by :meth:`StageMachine.touch`; a
 ``seen`` key makes the processes that all receive the same member event
-publish only one snapshot for it.
+publish only one snapshot for it. After a lost bus link (when this process
+heard neither transitions nor member events), :meth:`StageMachine.resync`
+makes a new version of every watched room and re-arms its deadline.
 
 The core knows no wire: errors are :class:`StageError` subclasses with a
 ``code``; the KTV dialect maps them to the document's messages.
@@ -604,6 +606,29 @@ class StageMachine:
 
     def watched(self) -> list[str]:
         return sorted(self._watch_count)
+
+    def resync(self) -> defer.Deferred:
+        """
+        The bus link came back: members may have come and gone and other
+        processes may have moved the stages meanwhile. Each watched room gets
+        a new version (its members as they are now), and its deadline is
+        armed from it. Fires with ``{room: Snapshot}`` of the rooms it could read.
+        """
+        return self._track(self._resync())
+
+    async def _resync(self) -> dict:
+        rooms = list(self._watch_count)
+        results = await defer.DeferredList(
+            [defer.ensureDeferred(self.touch(room, "resync")) for room in rooms],
+            consumeErrors=True)
+        found = {}
+        for room, (ok, outcome) in zip(rooms, results):
+            if ok and outcome.snapshot is not None:
+                found[room] = outcome.snapshot
+            elif not ok:
+                log.warn("stage of {room} not resynchronised: {e}", room=room,
+                         e=outcome.getErrorMessage())
+        return found
 
     def stop(self) -> None:
         for room in list(self._watch_count):

@@ -4,6 +4,7 @@ and ``GET /video.php`` (the video list), over the shared rooms, accounts and
 catalogue.
 """
 
+from imserver.core.rooms import Shared
 from imserver.dialects.chat.http import FAILED, VideoApi
 from imserver.dialects.chat.ws import ChatFactory
 from imserver.web.wsbase import UpgradedResource
@@ -27,6 +28,8 @@ class ChatDialect:
         self.factory.startFactory()
         self.resource = UpgradedResource(self.factory)
         self.http = VideoApi(catalog, blocking, config.max_body)
+        self.rooms = rooms
+        bus.on_resync(self.repair)
 
     def mount(self, router) -> None:
         router.add("/ws/chat", self.resource)
@@ -37,6 +40,14 @@ class ChatDialect:
 
     def start(self) -> None:
         pass
+
+    def repair(self) -> None:
+        """The bus link came back: every session catches up on its room."""
+        sessions = [s for s in self.factory.sessions if not s.closed]
+        if sessions:
+            found = Shared(self.rooms.resync())  # one read of each room for all sessions
+            for session in sessions:
+                session.catch_up(found.get())
 
     def stop(self):
         """Drop the sessions; the Deferred fires once they have left their rooms."""

@@ -6,6 +6,9 @@ A frame is decoded by :mod:`.codec`, handled by one method of
 answered with a frame from the codec. Room traffic is not written here: the
 session subscribes to its room's bus topic (and ``user:<id>`` once logged
 in), and the bus hands it the events encoded once for every 000 session.
+When the bus link to Redis comes back after a loss, each session catches up
+(:class:`~imserver.core.rooms.RoomFeed`): the room's messages it missed, in
+order and once, and ``online``/``unonline`` for the membership changes.
 
 Frames of one connection are handled one after another (a ``send`` right
 after a ``login`` is sent as the user), with a bounded backlog. The session
@@ -25,7 +28,7 @@ from imserver import metrics
 from imserver.core.accounts import (CodeExpired, CodeLocked, CodeMismatch, DuplicatePhone,
                                     DuplicateUsername, Throttled, UnknownUser, WrongPassword)
 from imserver.core.errors import CoreError, InvalidInput
-from imserver.core.rooms import AlreadyJoined, Member, RoomFull, check_name
+from imserver.core.rooms import AlreadyJoined, Member, RoomFeed, RoomFull, check_name
 from imserver.dialects.chat import codec
 from imserver.web.wsbase import BoundedSession
 
@@ -60,6 +63,7 @@ class ChatSession(BoundedSession, WebSocketServerProtocol):
         self.code_phone = None
         self.in_room = False
         self.closed = False
+        self.feed = RoomFeed(f.rooms, f.reactor)
         self._backlog = 0
         self._window = (0, 0)
         self._chain = defer.succeed(None)
@@ -96,6 +100,7 @@ class ChatSession(BoundedSession, WebSocketServerProtocol):
         if self._dropper is not None and self._dropper.active():
             self._dropper.cancel()
         self.session_closed(self.factory.bus)
+        self.feed.close()
         self._chain.addBoth(lambda _: defer.ensureDeferred(self._cleanup()))
         self._chain.addErrback(lambda f: log.failure("000 cleanup of {c} failed", f,
                                                      c=self.conn_id))
@@ -122,6 +127,11 @@ class ChatSession(BoundedSession, WebSocketServerProtocol):
         self.send_wire(codec.ping())
 
     def deliver(self, event, wire) -> None:
+        if self.closed or not self.feed.admit(event, wire):
+            return
+        self._show(event, wire)
+
+    def _show(self, event, wire) -> None:
         if self.closed:
             return
         data = event.data
@@ -131,6 +141,13 @@ class ChatSession(BoundedSession, WebSocketServerProtocol):
             if event.kind == "room.member_joined" and data.get("conn_id") == self.conn_id:
                 return  # "online" goes to the room except the newcomer
         self.send_wire(wire)
+
+    def catch_up(self, resync) -> None:
+        """The bus link came back: hold pushes, then show what was missed (in frame order)."""
+        if self.closed:
+            return
+        self.feed.hold()
+        self._enqueue(lambda: self.feed.catch_up(resync, self.codec, self._show))
 
     # -- frames in ----------------------------------------------------------
 
@@ -196,14 +213,15 @@ class ChatSession(BoundedSession, WebSocketServerProtocol):
         f = self.factory
         self.follow(f.bus, f"room:{room}")
         try:
-            await f.rooms.join(room, self.member, self.conn_id, DIALECT, capacity=0)
+            result = await f.rooms.join(room, self.member, self.conn_id, DIALECT, capacity=0)
         except AlreadyJoined:
-            pass
+            result = None
         except Exception:
             self.unfollow(f.bus, f"room:{room}")
             raise
         self.room = room
         self.in_room = True
+        self.feed.entered(room, result)
 
     async def _become(self, member: Member, reason: str) -> None:
         """Change who this connection is in its room (login, logout)."""
@@ -453,6 +471,7 @@ class ChatSession(BoundedSession, WebSocketServerProtocol):
             return
         if was_in:
             self.unfollow(f.bus, f"room:{old}")
+            self.feed.left(old)
             await f.rooms.leave(old, self.conn_id, reason="leave")
         self.send_wire(codec.frame("changeroom"))
 

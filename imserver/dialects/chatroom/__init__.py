@@ -4,6 +4,7 @@ endpoints (:mod:`.http`) and ``/ws/chatroom`` (:mod:`.ws`), over the shared
 accounts and rooms.
 """
 
+from imserver.core.rooms import Shared
 from imserver.dialects.chatroom.auth import AuthApi
 from imserver.dialects.chatroom.http import ChatroomApi
 from imserver.dialects.chatroom.ws import ChatroomFactory
@@ -31,6 +32,8 @@ class ChatroomDialect:
                                        capacity=CAPACITY)
         self.factory.startFactory()
         self.resource = UpgradedResource(self.factory)
+        self.rooms = rooms
+        bus.on_resync(self.repair)
 
     def mount(self, router) -> None:
         router.add_klein(self.auth.app, refusal=refusal)
@@ -43,6 +46,14 @@ class ChatroomDialect:
 
     def start(self) -> None:
         pass
+
+    def repair(self) -> None:
+        """The bus link came back: every session catches up on its rooms."""
+        sessions = [s for s in self.factory.sessions if not s.closed]
+        if sessions:
+            found = Shared(self.rooms.resync())  # one read of each room for all sessions
+            for session in sessions:
+                session.catch_up(found.get())
 
     def stop(self):
         """Drop the sessions; the Deferred fires once they have left their rooms."""

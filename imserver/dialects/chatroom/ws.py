@@ -9,7 +9,10 @@ topic; the joiner gets its own ``user`` packet directly, everyone else
 through the bus. ``msg`` posts to the room (stored, then published: the
 sender sees its own message come back like everyone else). Dead
 connections are found by WebSocket pings (003 has no heartbeat of its own);
-a closed connection leaves every room it was in.
+a closed connection leaves every room it was in. When the bus link to Redis
+comes back after a loss, each session catches up
+(:class:`~imserver.core.rooms.RoomFeed`): the ``msg`` packets it missed, in
+order and once, and ``user`` packets for the joins and leaves.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from twisted.logger import Logger
 
 from imserver import metrics
 from imserver.core.errors import InvalidInput
-from imserver.core.rooms import AlreadyJoined, Member, RoomFull, check_name
+from imserver.core.rooms import AlreadyJoined, Member, RoomFeed, RoomFull, check_name
 from imserver.dialects.chat.ws import protocol_pings
 from imserver.dialects.chatroom import codec
 from imserver.web.wsbase import BoundedSession
@@ -41,6 +44,7 @@ class ChatroomSession(BoundedSession, WebSocketServerProtocol):
         self.user = None        # authenticated account, once a join carried a token
         self.joined: dict[str, Member] = {}
         self.closed = False
+        self.feed = RoomFeed(f.rooms, f.reactor)
         self._backlog = 0
         self._window = (0, 0)
         self._chain = defer.succeed(None)
@@ -64,6 +68,7 @@ class ChatroomSession(BoundedSession, WebSocketServerProtocol):
         self.closed = True
         self.factory.sessions.discard(self)
         self.session_closed(self.factory.bus)
+        self.feed.close()
         self._chain.addBoth(lambda _: defer.ensureDeferred(self._cleanup()))
         self._chain.addErrback(lambda f: log.failure("003 cleanup of {c} failed", f,
                                                      c=self.conn_id))
@@ -75,6 +80,11 @@ class ChatroomSession(BoundedSession, WebSocketServerProtocol):
         await f.presence.disconnect(self.conn_id)
 
     def deliver(self, event, wire) -> None:
+        if self.closed or not self.feed.admit(event, wire):
+            return
+        self._show(event, wire)
+
+    def _show(self, event, wire) -> None:
         if self.closed:
             return
         data = event.data
@@ -84,6 +94,13 @@ class ChatroomSession(BoundedSession, WebSocketServerProtocol):
         if data.get("room") not in self.joined:
             return
         self.send_wire(wire)
+
+    def catch_up(self, resync) -> None:
+        """The bus link came back: hold pushes, then show what was missed (in packet order)."""
+        if self.closed:
+            return
+        self.feed.hold()
+        self._enqueue(lambda: self.feed.catch_up(resync, self.codec, self._show))
 
     # -- packets in -----------------------------------------------------------
 
@@ -191,6 +208,7 @@ class ChatroomSession(BoundedSession, WebSocketServerProtocol):
             self.joined.pop(p.room_name, None)
             self.unfollow(f.bus, topic)
             raise
+        self.feed.entered(p.room_name, result)
         if member.user_id is not None:
             await f.presence.bind_user(self.conn_id, member.user_id)
         self.send_wire(codec.user_packet(member, p.room_name,
@@ -207,6 +225,7 @@ class ChatroomSession(BoundedSession, WebSocketServerProtocol):
         await f.rooms.leave(p.room_name, self.conn_id, reason="leave")
         del self.joined[p.room_name]
         self.unfollow(f.bus, f"room:{p.room_name}")
+        self.feed.left(p.room_name)
         self.send_wire(codec.user_packet(member, p.room_name, "leave"))
 
     async def do_msg(self, p) -> None:

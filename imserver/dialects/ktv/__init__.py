@@ -9,6 +9,10 @@ format in :mod:`.codec`, the stage itself in :mod:`imserver.core.stage`.
 Connections of a process that died are taken out of their rooms by the
 rooms core; this dialect then takes their users off the stage (queue places,
 an ask, a song) unless they are still in the room on another connection.
+
+When the bus link to Redis comes back after a loss (:meth:`KtvDialect.repair`),
+every watched stage gets a new version and each session is shown it, then the
+chat it missed.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from imserver.core.rooms import Shared
 from imserver.dialects.ktv.codec import KtvCodec
 from imserver.dialects.ktv.ws import make_factory
 from imserver.web.wsbase import UpgradedResource
@@ -50,6 +55,7 @@ class KtvDialect:
         self.resource = UpgradedResource(self.factory)
         self._started = False
         presence.on_dead(self._connection_died)
+        bus.on_resync(self.repair)
 
     def mount(self, router) -> None:
         router.add("/ws/ktv", self.resource)
@@ -74,6 +80,17 @@ class KtvDialect:
             self.factory.stopFactory()
             self._started = False
         return defer.DeferredList(cleanups, consumeErrors=True)
+
+    def repair(self) -> None:
+        """The bus link came back: new stage versions, then each session catches up."""
+        sessions = [p.session for p in self.sessions
+                    if p.session is not None and not p.session.closed]
+        if not sessions:
+            return
+        stage_found = Shared(self.stage.resync())
+        found = Shared(self.rooms.resync())  # one read of each room's log for all sessions
+        for session in sessions:
+            session.catch_up(found.get(), stage_found.get())
 
     def _connection_died(self, record: dict):
         if record.get("dialect") != "ktv":

@@ -19,6 +19,11 @@ older state.
 ``join`` has no reply of its own: the join is a ``room.member_joined`` event,
 which the stage folds into a new version pushed to every member, the joiner
 included (the original server's behaviour).
+
+When the bus link to Redis comes back after a loss, the session catches up
+(:meth:`catch_up`): the room status as it is now (a new version: members
+may have changed), then the chat it missed, in order and once
+(:class:`~imserver.core.rooms.RoomFeed`), then what arrived meanwhile.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from twisted.logger import Logger
 
 from imserver.core import stage as st
 from imserver.core.errors import CoreError, InvalidInput
-from imserver.core.rooms import AlreadyJoined, Member, RoomFull, RoomNotFound
+from imserver.core.rooms import AlreadyJoined, Member, RoomFeed, RoomFull, RoomNotFound
 from imserver.core.stage import Entry
 from imserver.dialects.ktv import codec
 from imserver.dialects.ktv.codec import CONTROL, BadRequest, Request
@@ -68,6 +73,7 @@ class KtvSession:
         self.room: str | None = None
         self.last_version = -1
         self.closed = False
+        self.feed = RoomFeed(deps.rooms, deps.clock, roster=False)
         self._verified: dict[tuple[str, str], tuple[object, float]] = {}
         self._tail: defer.Deferred = defer.succeed(None)
         self._pending = 0
@@ -118,6 +124,7 @@ class KtvSession:
                 await self._leave("close")
             await self.deps.presence.disconnect(self.conn_id)
         finally:
+            self.feed.close()
             self.link.finished()
 
     def _rearm_idle(self) -> None:
@@ -142,6 +149,10 @@ class KtvSession:
             if event.kind == "ktv.replaced" and data.get("conn_id") == self.conn_id:
                 self.link.drop(CLOSE_REPLACED, "replaced by a new connection")
             return
+        if self.feed.admit(event, wire):
+            self._show(event, wire)
+
+    def _show(self, event, wire) -> None:
         if event.kind == "stage.changed":
             if self.room is None or event.topic != room_topic(self.room):
                 return
@@ -153,6 +164,33 @@ class KtvSession:
                 return
             self.last_version = version
         self.link.send_wire(wire)
+
+    def catch_up(self, resync, stage_found) -> None:
+        """
+        The bus link came back: hold pushes, then (after the frames already
+        queued) show the stage as it is and the chat that was missed.
+        ``resync`` is from ``Rooms.resync``, ``stage_found`` fires with the
+        stage machine's ``{room: Snapshot}``.
+        """
+        if self.closed:
+            return
+        self.feed.hold()
+        self._enqueue(self._catch_up(resync, stage_found))
+
+    async def _catch_up(self, resync, stage_found) -> None:
+        room = self.room
+        if room is not None and not self.closed:
+            try:
+                snap = (await stage_found or {}).get(room)
+                if snap is None:
+                    snap = await self.deps.stage.snapshot(room)
+                if snap.version > self.last_version and self.room == room:
+                    self.last_version = snap.version
+                    self.link.send_wire(codec.status_push(snap, self.clock.seconds()))
+            except Exception:
+                log.failure("KTV session {conn}: the stage after a lost bus link",
+                            conn=self.conn_id)
+        await self.feed.catch_up(resync, self.deps.codec, self._show)
 
     # -- requests ----------------------------------------------------------------
 
@@ -276,18 +314,20 @@ class KtvSession:
             await self.link.follow_topic(f"user:{user.id}")
             await deps.presence.connect(self.conn_id, user.id, "ktv",
                                         {"room": room, "fullname": fullname})
-            await deps.rooms.join(room, Member.from_user(user), self.conn_id, "ktv",
-                                  capacity=deps.capacity)
+            result = await deps.rooms.join(room, Member.from_user(user), self.conn_id, "ktv",
+                                           capacity=deps.capacity)
         except BaseException:
             self.link.unfollow_topic(room_topic(room))
             self.link.unfollow_topic(f"user:{user.id}")
             deps.stage.unwatch_room(room)
             raise
         self.room, self.user, self.fullname = room, user, fullname
+        self.feed.entered(room, result)
 
     async def _leave(self, reason: str) -> None:
         room, user, fullname = self.room, self.user, self.fullname
         self.room = None
+        self.feed.left(room)
         self.link.unfollow_topic(room_topic(room))
         self.link.unfollow_topic(f"user:{user.id}")
         deps = self.deps
