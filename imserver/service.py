@@ -97,7 +97,8 @@ async def build_core(config: Config, reactor, store: Store, bus: Bus, blocking) 
                                        "picture": config.max_upload_picture,
                                        "video": config.max_upload_video})
     core.rooms = Rooms(store, bus, presence, reactor, default_capacity=10,
-                       history_len=config.history_length)
+                       history_len=config.history_length, limits=limits,
+                       post_rate=config.messages_per_second)
     core.catalog = Catalog(store)
     await core.catalog.ensure_sample(config.public_url)
     provider = make_provider(

@@ -21,6 +21,9 @@ joins on several processes stay consistent:
 
 Room chat is a capped Redis stream per room: ``post`` appends a message (the
 stream assigns its id) *before* publishing it, so history and delivery agree.
+With ``limits``, a sender may post ``post_rate`` messages a second, counted
+in Redis: a user over all their connections, dialects and processes, a
+guest per connection.
 
 Every change is published on the bus topic ``room:<name>`` as one of
 
@@ -63,7 +66,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from imserver.bus import Event
-from imserver.core.errors import Conflict, Forbidden, InvalidInput, NotFound
+from imserver.core.errors import Conflict, Forbidden, InvalidInput, NotFound, RateLimited
 from imserver.store import keys
 from imserver.store.scripts import Script
 
@@ -87,6 +90,10 @@ class AlreadyJoined(Conflict):
 
 class NotReserved(NotFound):
     reason = "user not exist"
+
+
+class TooFast(RateLimited):
+    reason = "too many messages"
 
 
 @dataclass
@@ -421,7 +428,8 @@ class Rooms:
     """The rooms service: membership, capacity, chat history and room events."""
 
     def __init__(self, store, bus, presence, clock, default_capacity: int = 10,
-                 history_len: int = 500, reserve_ttl: float = 120.0):
+                 history_len: int = 500, reserve_ttl: float = 120.0, *,
+                 limits=None, post_rate: int = 0):
         self.store = store
         self.bus = bus
         self.presence = presence
@@ -429,6 +437,8 @@ class Rooms:
         self.default_capacity = default_capacity
         self.history_len = history_len
         self.reserve_ttl = reserve_ttl
+        self.limits = limits
+        self.post_rate = post_rate   # messages a second per sender (0: no limit)
         self._rosters: dict[str, Roster] = {}
         self._resyncing: Shared | None = None
         if presence is not None:
@@ -630,8 +640,13 @@ class Rooms:
 
     async def post(self, name: str, sender: Member, text: str, *, dialect: str,
                    conn_id: str | None = None, extra: dict | None = None) -> RoomMessage:
-        """Append a message to the room's log, then publish it."""
+        """Append a message to the room's log, then publish it. TooFast past ``post_rate``."""
         check_name(name)
+        if self.limits is not None and self.post_rate > 0:
+            who = (f"u{sender.user_id}" if sender.user_id is not None
+                   else f"c{conn_id or sender.name}")
+            if not await self.limits.allow("room-post", who, self.post_rate, 1):
+                raise TooFast()
         ts = self.clock.seconds()
         extra = dict(extra or {})
         msg_id = await self.store.execute(

@@ -28,7 +28,8 @@ from imserver import metrics
 from imserver.core.accounts import (CodeExpired, CodeLocked, CodeMismatch, DuplicatePhone,
                                     DuplicateUsername, Throttled, UnknownUser, WrongPassword)
 from imserver.core.errors import CoreError, InvalidInput
-from imserver.core.rooms import AlreadyJoined, Member, RoomFeed, RoomFull, check_name
+from imserver.core.rooms import (AlreadyJoined, Member, RoomFeed, RoomFull, TooFast,
+                                  check_name)
 from imserver.dialects.chat import codec
 from imserver.web.wsbase import BoundedSession
 
@@ -420,8 +421,11 @@ class ChatSession(BoundedSession, WebSocketServerProtocol):
             return
         target = req.field("user_id").strip()
         if target in ("", "0"):  # user ids start at 10000: 0 is "nobody", as empty
-            await f.rooms.post(self.room, self.member, text, dialect=DIALECT,
-                               conn_id=self.conn_id)
+            try:
+                await f.rooms.post(self.room, self.member, text, dialect=DIALECT,
+                                   conn_id=self.conn_id)
+            except TooFast:   # the user's rate, all connections and processes together
+                self.send_wire(codec.frame("send", 1, codec.TOO_FAST))
             return  # the sender gets the room's ``send`` like everyone else
         if not target.isdigit() or len(target) > 18:
             self.send_wire(codec.frame("send", -2, codec.TARGET_OFFLINE))

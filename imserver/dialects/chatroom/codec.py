@@ -40,6 +40,7 @@ INVALID_TOKEN = "invalid token"
 FULL_ROOM = "full room"
 USER_NOT_EXIST = "user not exist"
 ROOM_NOT_EXIST = "room not exist"
+TOO_MANY = "too many messages"
 
 CLIENT_TYPES = ("join", "leave", "msg")
 MAX_MSG = 4000

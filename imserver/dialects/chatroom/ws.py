@@ -23,7 +23,8 @@ from twisted.logger import Logger
 
 from imserver import metrics
 from imserver.core.errors import InvalidInput
-from imserver.core.rooms import AlreadyJoined, Member, RoomFeed, RoomFull, check_name
+from imserver.core.rooms import (AlreadyJoined, Member, RoomFeed, RoomFull, TooFast,
+                                  check_name)
 from imserver.dialects.chat.ws import protocol_pings
 from imserver.dialects.chatroom import codec
 from imserver.web.wsbase import BoundedSession
@@ -116,7 +117,7 @@ class ChatroomSession(BoundedSession, WebSocketServerProtocol):
             self.send_wire(codec.error(e.msg, e.room_name, e.user or None))
             return
         if not self._within_rate() or self._backlog >= MAX_BACKLOG:
-            self.send_wire(codec.error("too many messages", packet.room_name, packet.user))
+            self.send_wire(codec.error(codec.TOO_MANY, packet.room_name, packet.user))
             return
         self._enqueue(getattr(self, "do_" + packet.type), packet)
 
@@ -234,7 +235,11 @@ class ChatroomSession(BoundedSession, WebSocketServerProtocol):
         if member is None:
             self.send_wire(codec.error(codec.USER_NOT_EXIST, p.room_name, p.user))
             return
-        await f.rooms.post(p.room_name, member, p.msg, dialect=DIALECT, conn_id=self.conn_id)
+        try:
+            await f.rooms.post(p.room_name, member, p.msg, dialect=DIALECT,
+                               conn_id=self.conn_id)
+        except TooFast:   # the user's rate, all connections and processes together
+            self.send_wire(codec.error(codec.TOO_MANY, p.room_name, p.user))
 
 
 class ChatroomFactory(WebSocketServerFactory):

@@ -33,7 +33,7 @@ from twisted.logger import Logger
 
 from imserver.core import stage as st
 from imserver.core.errors import CoreError, InvalidInput
-from imserver.core.rooms import AlreadyJoined, Member, RoomFeed, RoomFull, RoomNotFound
+from imserver.core.rooms import AlreadyJoined, Member, RoomFeed, RoomFull, RoomNotFound, TooFast
 from imserver.core.stage import Entry
 from imserver.dialects.ktv import codec
 from imserver.dialects.ktv.codec import CONTROL, BadRequest, Request
@@ -388,9 +388,12 @@ class KtvSession:
         self._reply(req, {"heart": "success"}, type_=self.deps.heart_type)
 
     async def _do_chat(self, req: Request) -> None:
-        await self.deps.rooms.post(
-            self.room, Member.from_user(self.user), req.args["content"], dialect="ktv",
-            conn_id=self.conn_id, extra={"nick": self._nick(), "fullname": self.fullname})
+        try:
+            await self.deps.rooms.post(
+                self.room, Member.from_user(self.user), req.args["content"], dialect="ktv",
+                conn_id=self.conn_id, extra={"nick": self._nick(), "fullname": self.fullname})
+        except TooFast:   # the user's rate, all connections and processes together
+            raise Refusal(codec.CHAT_TOO_FAST) from None
 
     async def _do_history(self, req: Request) -> None:
         messages = await self.deps.rooms.history(self.room, limit=200)
