@@ -121,6 +121,22 @@ def _choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
+def _capacity(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError("expected a whole number (0: no limit)") from None
+    if not 0 <= value <= 1_000_000:
+        raise ValueError("must be between 0 (no limit) and 1000000")
+    return value
+
+
+def _heart_type(text: str) -> int:
+    if text.strip() not in ("1", "2"):
+        raise ValueError("expected 1 or 2")
+    return int(text)
+
+
 def _ok_code(text: str) -> int:
     if text.strip() not in ("0", "1"):
         raise ValueError("expected 0 or 1")
@@ -221,6 +237,17 @@ SETTINGS: tuple[Setting, ...] = (
             "KTV: seconds the queue head has to answer the mic ask."),
     Setting("ktv_rest", _positive_float, 30.0,
             "KTV: seconds of rest between two singers."),
+    Setting("ktv_heart_type", _heart_type, 1,
+            "KTV: the type of the heart reply, 1 (the document) or 2 (the original"
+            " server and its clients)."),
+    Setting("chatroom_capacity", _capacity, 10,
+            "Places in a room created over 003 (/chatroom/create or a first"
+            " WebSocket join); 0: no limit. 000 rooms have none, KTV rooms 12."),
+    Setting("room_reserve_ttl", _positive_float, 120.0,
+            "Seconds a 003 /chatroom/room entry holds its place while the user has"
+            " no connection in the room."),
+    Setting("chat_max_message", _positive_int, 4000,
+            "Longest room chat message in characters (000 send, 003 msg, 002 chat)."),
     Setting("gold_per_unit", _positive_int, 10,
             "001: gold credited per unit of money refilled."),
     Setting("live_provider", _choice("local", "qiniu"), "local",
@@ -274,6 +301,10 @@ class Config:
     history_days: int = 30
     ktv_ask_timeout: float = 15.0
     ktv_rest: float = 30.0
+    ktv_heart_type: int = 1
+    chatroom_capacity: int = 10          # 0: no limit
+    room_reserve_ttl: float = 120.0
+    chat_max_message: int = 4000         # characters
     gold_per_unit: int = 10
     live_provider: str = "local"
     rtmp_publish_url: str = "rtmp://127.0.0.1:1935/live"
@@ -310,6 +341,10 @@ class Config:
                 raise ConfigError(
                     f"--{name.replace('_', '-')} ({value}) is larger than --max-upload"
                     f" ({self.max_upload}), the largest upload the server reads")
+        if self.chat_max_message > self.max_frame:
+            raise ConfigError(
+                f"--chat-max-message ({self.chat_max_message} characters) is longer than"
+                f" --max-frame ({self.max_frame} bytes): no frame could carry such a message")
         names = [n for n, _ in self.dialect_listen]
         if len(names) != len(set(names)):
             raise ConfigError("--dialect-listen names a dialect twice")

@@ -96,8 +96,9 @@ async def build_core(config: Config, reactor, store: Store, bus: Bus, blocking) 
                             per_media={"audio": config.max_upload_audio,
                                        "picture": config.max_upload_picture,
                                        "video": config.max_upload_video})
-    core.rooms = Rooms(store, bus, presence, reactor, default_capacity=10,
-                       history_len=config.history_length, limits=limits,
+    core.rooms = Rooms(store, bus, presence, reactor, default_capacity=config.chatroom_capacity,
+                       history_len=config.history_length, reserve_ttl=config.room_reserve_ttl,
+                       limits=limits,
                        post_rate=config.messages_per_second)
     core.catalog = Catalog(store)
     await core.catalog.ensure_sample(config.public_url)
@@ -145,7 +146,7 @@ def build_dialects(core: Core) -> list:
                        media=c.media),
         KtvDialect(config=c.config, reactor=c.reactor, accounts=c.accounts, rooms=c.rooms,
                    bus=c.bus, presence=c.presence, limits=c.limits, stage=c.stage,
-                   catalog=c.catalog),
+                   catalog=c.catalog, heart_type=c.config.ktv_heart_type),
     ]
 
 

@@ -38,7 +38,6 @@ log = Logger()
 DIALECT = "chat"
 HOME_ROOM = "1"
 MAX_BACKLOG = 32
-MAX_MESSAGE = 4000        # characters of one chat message
 PROFILE = ("email", "wechat", "qq", "age", "gender")
 LOGIN_FAILURES = 10       # per username and window
 LOGIN_WINDOW = 300
@@ -416,7 +415,7 @@ class ChatSession(BoundedSession, WebSocketServerProtocol):
         if not text.strip():
             self.send_wire(codec.bad_params("send", [("message", "消息不能为空")]))
             return
-        if len(text) > MAX_MESSAGE:
+        if len(text) > f.max_message:
             self.send_wire(codec.bad_params("send", [("message", "消息过长")]))
             return
         target = req.field("user_id").strip()
@@ -508,6 +507,7 @@ class ChatFactory(WebSocketServerFactory):
         self.ping_interval = config.ping_interval
         self.idle_timeout = config.idle_timeout
         self.max_frame = config.max_frame
+        self.max_message = config.chat_max_message   # characters of one chat message
         self.messages_per_second = config.messages_per_second
         self.codec = codec.ChatCodec(self.prepareMessage)
         self.sessions: set[ChatSession] = set()

@@ -10,7 +10,6 @@ from imserver.dialects.chatroom.http import ChatroomApi
 from imserver.dialects.chatroom.ws import ChatroomFactory
 from imserver.web.wsbase import UpgradedResource
 
-CAPACITY = 10  # the original server's room size
 STOP_TIMEOUT = 5.0
 
 
@@ -26,10 +25,11 @@ class ChatroomDialect:
         self.reactor = reactor
         self.auth = AuthApi(accounts, limits, config.max_body)
         self.rooms_api = ChatroomApi(accounts, rooms, config.max_body,
-                                     legacy_auth=config.legacy_auth, capacity=CAPACITY)
+                                     legacy_auth=config.legacy_auth,
+                                     capacity=config.chatroom_capacity)
         self.factory = ChatroomFactory(config=config, reactor=reactor, accounts=accounts,
                                        rooms=rooms, bus=bus, presence=presence,
-                                       capacity=CAPACITY)
+                                       capacity=config.chatroom_capacity)
         self.factory.startFactory()
         self.resource = UpgradedResource(self.factory)
         self.rooms = rooms

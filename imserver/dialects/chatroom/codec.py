@@ -43,7 +43,7 @@ ROOM_NOT_EXIST = "room not exist"
 TOO_MANY = "too many messages"
 
 CLIENT_TYPES = ("join", "leave", "msg")
-MAX_MSG = 4000
+MAX_MSG = 4000         # characters, unless told otherwise (--chat-max-message)
 DEFAULT_AVATAR = "default"
 
 
@@ -79,7 +79,7 @@ def _text(value) -> str | None:
     return None
 
 
-def decode(payload) -> Packet:
+def decode(payload, max_msg: int = MAX_MSG) -> Packet:
     """One client frame -> Packet, or PacketError carrying the 003 error text."""
     if isinstance(payload, bytes):
         try:
@@ -110,7 +110,7 @@ def decode(payload) -> Packet:
     if not room_name.strip():
         raise PacketError(ILLEGAL_DATA, room_name, echo)
     msg = _text(data.get("msg"))
-    if msg is None or len(msg) > MAX_MSG:
+    if msg is None or len(msg) > max_msg:
         raise PacketError(INVALID_MSG, room_name, echo)
     if kind == "msg" and not msg.strip():
         raise PacketError(NULL_MESSAGE, room_name, echo)

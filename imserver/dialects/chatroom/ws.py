@@ -112,7 +112,7 @@ class ChatroomSession(BoundedSession, WebSocketServerProtocol):
             self.send_wire(codec.error(codec.INVALID_MSG))
             return
         try:
-            packet = codec.decode(payload)
+            packet = codec.decode(payload, f.max_message)
         except codec.PacketError as e:
             self.send_wire(codec.error(e.msg, e.room_name, e.user or None))
             return
@@ -255,6 +255,7 @@ class ChatroomFactory(WebSocketServerFactory):
         self.capacity = capacity
         self.legacy_auth = config.legacy_auth
         self.max_frame = config.max_frame
+        self.max_message = config.chat_max_message
         self.messages_per_second = config.messages_per_second
         self.codec = codec.ChatroomCodec(self.prepareMessage)
         self.sessions: set[ChatroomSession] = set()

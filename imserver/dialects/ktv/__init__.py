@@ -46,6 +46,7 @@ class KtvDialect:
         self.catalog = catalog
         self.capacity = capacity
         self.heart_type = heart_type
+        self.max_message = config.chat_max_message
         self.legacy_auth = config.legacy_auth
         self.idle_timeout = config.idle_timeout
         self.messages_per_second = config.messages_per_second

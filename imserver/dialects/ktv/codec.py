@@ -36,7 +36,7 @@ from imserver.core.stage import Snapshot
 SUCCESS, FAILURE = 0, -1
 TYPE_STATUS, TYPE_CHAT = 1, 2
 
-MAX_CONTENT = 2000
+MAX_CONTENT = 4000       # characters of a chat message, unless told otherwise (--chat-max-message)
 MAX_FIELD = 256
 
 # Messages (the document's and the original server's where they have one).
@@ -147,7 +147,7 @@ def _ack(value) -> bool:
 
 
 def _content(value) -> str:
-    value = _text(value, MAX_CONTENT)
+    value = _text(value, 1 << 30)   # decode() checks the length against its max_content
     if not value.strip():
         raise ValueError
     return value
@@ -181,8 +181,11 @@ _OPTIONAL: dict[str, dict[str, Callable[[Any], Any]]] = {
 ACTIONS = frozenset(_PARAMS)
 
 
-def decode(text) -> Request:
-    """One client frame as a :class:`Request`; raises :class:`BadRequest`."""
+def decode(text, max_content: int = MAX_CONTENT) -> Request:
+    """
+    One client frame as a :class:`Request`; raises :class:`BadRequest`. A
+    ``chat`` ``content`` may have up to ``max_content`` characters.
+    """
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
@@ -228,6 +231,8 @@ def decode(text) -> Request:
             args[name] = parse(raw[name])
         except (ValueError, TypeError, OverflowError):
             raise BadRequest(f"参数错误: {name}", action, fullname) from None
+    if action == "chat" and len(args["content"]) > max_content:
+        raise BadRequest("参数错误: content", action, fullname)
     for name, parse in _OPTIONAL.get(action, {}).items():
         if raw.get(name) not in (None, ""):
             try:

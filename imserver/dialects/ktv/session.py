@@ -200,7 +200,7 @@ class KtvSession:
     async def _handle(self, payload) -> None:
         now = self.clock.seconds()
         try:
-            req = codec.decode(payload)
+            req = codec.decode(payload, self.deps.max_message)
         except BadRequest as e:
             self._send(codec.failure(e.message, now, e.action, e.fullname))
             return
