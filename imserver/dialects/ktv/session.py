@@ -4,7 +4,7 @@ One KTV connection's conversation with the server, free of any transport.
 The Autobahn protocol (:mod:`imserver.dialects.ktv.ws`) hands each frame to
 :meth:`KtvSession.received`; the session decodes it (:mod:`.codec`), checks
 who sent it, calls the core (rooms, the stage machine, the catalogue) and
-writes direct replies through its ``link`` (the protocol: ``send``,
+writes direct replies through its ``link`` (the protocol: ``send``, ``push``,
 ``drop``, ``follow_topic``, ``unfollow_topic``, ``finished``). Frames are
 handled one after the other, in arrival order, and the clean-up after a
 disconnect runs after the last of them.
@@ -163,7 +163,9 @@ class KtvSession:
             if version <= self.last_version:
                 return
             self.last_version = version
-        self.link.send_wire(wire)
+            self.link.push(wire, status=True)   # a slow client may get only the newest
+            return
+        self.link.push(wire)
 
     def catch_up(self, resync, stage_found) -> None:
         """
@@ -186,7 +188,7 @@ class KtvSession:
                     snap = await self.deps.stage.snapshot(room)
                 if snap.version > self.last_version and self.room == room:
                     self.last_version = snap.version
-                    self.link.send_wire(codec.status_push(snap, self.clock.seconds()))
+                    self.link.push(codec.status_push(snap, self.clock.seconds()), status=True)
             except Exception:
                 log.failure("KTV session {conn}: the stage after a lost bus link",
                             conn=self.conn_id)

@@ -7,15 +7,104 @@ It moves frames between the socket and a :class:`~.session.KtvSession`
 a bus topic, ``finished`` once the session has cleaned up. Bus events reach it as
 a sink (:class:`~imserver.web.wsbase.BoundedSession`) and go to the session,
 which decides what the client sees.
+
+What the session writes (``send`` a reply, ``push`` a push) goes through an
+:class:`Outbox`: a client that has fallen behind gets the room status it
+missed coalesced to the latest one, instead of every superseded version.
 """
 
 from __future__ import annotations
+
+from collections import deque
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 
 from imserver import metrics
 from imserver.dialects.ktv.session import KtvSession
-from imserver.web.wsbase import BoundedSession
+from imserver.web.wsbase import SLOW_CLIENT_CODE, BoundedSession, queued_bytes
+
+
+def wire_size(wire) -> int:
+    if isinstance(wire, str):
+        return len(wire.encode("utf-8"))
+    if isinstance(wire, bytes):
+        return len(wire)
+    return len(getattr(wire, "payloadHybi", b""))   # Autobahn's PreparedMessage
+
+
+class Outbox:
+    """
+    What a KTV connection still has to write while its client is behind.
+
+    While fewer than ``behind`` bytes wait in the transport, writes go
+    straight through (``write``). Past that the client is not keeping up,
+    and what follows waits here, in order; a new room status replaces a
+    waiting one (each status is the whole room, so only the latest matters),
+    while replies, chat and device pushes all stay. Every ``drain_every``
+    seconds of the clock, what waits is written as far as the transport has
+    room. When the bytes waiting here and in the transport pass
+    ``max_bytes``, ``overflow()`` is called (the connection is closed) and
+    the queue dropped.
+    """
+
+    def __init__(self, clock, write, queued, overflow, *, behind: int = 64 * 1024,
+                 max_bytes: int = BoundedSession.max_queue, drain_every: float = 0.25):
+        self.clock = clock
+        self.write = write
+        self.queued = queued
+        self.overflow = overflow
+        self.behind = behind
+        self.max_bytes = max_bytes
+        self.drain_every = drain_every
+        self.superseded = 0          # room statuses dropped for a newer one
+        self._items: deque[list] = deque()   # [wire, size]; wire None once superseded
+        self._status: list | None = None      # the waiting status, if any
+        self._bytes = 0
+        self._timer = None
+
+    def __len__(self) -> int:
+        return sum(1 for item in self._items if item[0] is not None)
+
+    def put(self, wire, status: bool = False) -> None:
+        if not self._items and self.queued() <= self.behind:
+            self.write(wire)
+            return
+        item = [wire, wire_size(wire)]
+        if status:
+            if self._status is not None:
+                self._bytes -= self._status[1]
+                self._status[0] = None
+                self.superseded += 1
+            self._status = item
+        self._items.append(item)
+        self._bytes += item[1]
+        if self.queued() + self._bytes > self.max_bytes:
+            self.close()
+            self.overflow()
+            return
+        if self._timer is None:
+            self._timer = self.clock.callLater(self.drain_every, self._drain)
+
+    def _drain(self) -> None:
+        self._timer = None
+        while self._items and self.queued() <= self.behind:
+            item = self._items.popleft()
+            if item is self._status:
+                self._status = None
+            if item[0] is not None:
+                self._bytes -= item[1]
+                self.write(item[0])
+        if self._items:
+            self._timer = self.clock.callLater(self.drain_every, self._drain)
+
+    def close(self) -> None:
+        """Forget what waits (the connection is going)."""
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._items.clear()
+        self._status = None
+        self._bytes = 0
 
 
 class KtvProtocol(BoundedSession, WebSocketServerProtocol):
@@ -26,6 +115,8 @@ class KtvProtocol(BoundedSession, WebSocketServerProtocol):
         deps = self.factory.deps
         self.codec = deps.codec
         self.session_opened(deps.presence.new_conn_id())
+        self.outbox = Outbox(deps.clock, self.send_wire, self._queued, self._too_slow,
+                             max_bytes=self.max_queue)
         self.session = KtvSession(deps, self, self.conn_id)
         deps.sessions.add(self)
         self.session.opened()
@@ -36,13 +127,29 @@ class KtvProtocol(BoundedSession, WebSocketServerProtocol):
             self.session.received(payload)
 
     def onClose(self, wasClean, code, reason):
+        outbox = getattr(self, "outbox", None)
+        if outbox is not None:
+            outbox.close()
         if self.session is not None:
             self.session.lost()
+
+    def _queued(self) -> int:
+        return queued_bytes(self.transport) if self.transport is not None else 0
+
+    def _too_slow(self) -> None:
+        metrics.SLOW_CLIENTS.labels(self.dialect).inc()
+        if self.state == self.STATE_OPEN:
+            self.sendClose(SLOW_CLIENT_CODE, "client too slow: outgoing queue full")
 
     # -- the session's link --------------------------------------------------------
 
     def send(self, text: str) -> None:
-        self.send_wire(text)
+        """A direct reply."""
+        self.outbox.put(text)
+
+    def push(self, wire, status: bool = False) -> None:
+        """A push; ``status``: a room status, which a newer one supersedes."""
+        self.outbox.put(wire, status)
 
     def drop(self, code: int, reason: str) -> None:
         if self.state == self.STATE_OPEN:
