@@ -26,7 +26,6 @@ life.
 
 from __future__ import annotations
 
-from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet import defer, task, tcp
@@ -599,27 +598,6 @@ class GroupRelays:
         for relay in due:
             if relay.pending:
                 self.delivered += relay.flush()
-
-
-class EntryResource(WebSocketResource):
-    """``WebSocketResource`` that lets go of the HTTP request it upgraded.
-
-    Autobahn takes the TCP transport over from twisted.web's ``HTTPChannel``
-    but leaves the channel registered as the transport's producer and its
-    idle timer running (the site's timeout, twelve hours by default); either
-    keeps the channel and its unfinished request alive, several kilobytes
-    per WebSocket connection. Unregistering both lets them go at once.
-    """
-
-    def render(self, request):
-        channel = request.channel
-        transport = channel.transport
-        result = super().render(request)
-        if transport is not None and channel.transport is None:
-            channel.setTimeout(None)
-            if getattr(transport, "producer", None) is channel:
-                transport.unregisterProducer()
-        return result
 
 
 class SignalFactory(WebSocketServerFactory):
