@@ -184,6 +184,12 @@ class IMService(service.MultiService):
         reason = failure.getErrorMessage() or failure.type.__name__
         log.error("imserver could not start: {reason}", reason=reason)
         sys.stderr.write(f"imserver: error: could not start: {reason}\n")
+        # let go of what did start (thread pool, Redis links, the embedded Redis)
+        stopped = defer.ensureDeferred(self._stop())
+        stopped.addErrback(lambda f: log.failure("cleaning up a failed start failed", f))
+        stopped.addBoth(lambda _: self._give_up(failure))
+
+    def _give_up(self, failure):
         self.ready.errback(failure)
         if self.reactor.running and not getattr(self, "_in_test", False):
             self.reactor.stop()
@@ -251,25 +257,33 @@ class IMService(service.MultiService):
         for port in self.ports + list(self.dialect_ports.values()):
             await port.stopListening()
         self.ports, self.dialect_ports = [], {}
-        for dialect in self.dialects:
+        # each part is let go of once: a failed start stops what did start,
+        # and twistd's shutdown then calls this again
+        dialects, self.dialects = self.dialects, []
+        for dialect in dialects:
             try:
                 # a dialect may return a Deferred: its sessions leave their rooms
                 await defer.maybeDeferred(dialect.stop)
             except Exception:
                 log.failure("stopping dialect {name} failed", name=dialect.name)
-        if self.core is not None:
+        core, self.core = self.core, None
+        if core is not None:
             try:
-                await self.core.presence.shutdown()
+                await core.presence.shutdown()
             except Exception:
                 log.failure("presence shutdown failed")
-        if self.bus is not None:
-            await self.bus.close()
-        if self.store is not None:
-            await self.store.close()
-        if self.threadpool is not None:
-            self.threadpool.stop()
-        if self.embedded is not None:
-            await self.embedded.stop()
+        bus, self.bus = self.bus, None
+        if bus is not None:
+            await bus.close()
+        store, self.store = self.store, None
+        if store is not None:
+            await store.close()
+        pool, self.threadpool = self.threadpool, None
+        if pool is not None:
+            pool.stop()
+        embedded, self.embedded = self.embedded, None
+        if embedded is not None:
+            await embedded.stop()
 
     def stopService(self):
         super().stopService()
