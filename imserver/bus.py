@@ -33,6 +33,8 @@ from imserver.store import keys
 log = Logger()
 
 _CHANNEL_PREFIX = keys.bus_channel("")
+ID_MARK = "\x01"                  # stands for a stored id in published_by_script's data
+_ID_MARK_JSON = '"\\u0001"'         # how json.dumps writes it
 
 
 class Event:
@@ -110,6 +112,23 @@ class Bus:
         event = Event(topic, kind, data, exclude, origin=self.process_id)
         self.published += 1
         await self.store.publish(_CHANNEL_PREFIX + topic, event.to_json())
+
+    def published_by_script(self, topic: str, kind: str, data: dict,
+                            exclude: str | None = None) -> tuple[str, str, str]:
+        """For a Lua script that stores something and publishes its event itself.
+
+        ``data`` holds :data:`ID_MARK` where the stored id goes, before any
+        field a client chose (the first occurrence is taken). Returns the
+        Redis channel and the event's JSON before and after that id: the
+        script publishes ``head .. id .. tail``, so subscribers see events
+        in the order the script stored them, on every process.
+        """
+        text = Event(topic, kind, data, exclude, origin=self.process_id).to_json()
+        head, sep, tail = text.partition(_ID_MARK_JSON)
+        if not sep:
+            raise ValueError("the event data must hold ID_MARK")
+        self.published += 1
+        return _CHANNEL_PREFIX + topic, head + '"', '"' + tail
 
     def subscribe(self, topic: str, sink) -> defer.Deferred:
         """

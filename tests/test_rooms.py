@@ -281,3 +281,31 @@ async def test_leave_all(rooms):
     left = await rooms.leave_all("c1")
     assert sorted(n for n, _ in left) == ["A", "B"]
     assert await rooms.population("A") == 0 and await rooms.rooms_of("c1") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_messages_reach_subscribers_in_log_order_from_two_processes(
+        store, bus, presence, clock, redis_url):
+    """Two processes posting at once: every subscriber sees the room's log order."""
+    from imserver.bus import Bus
+    from imserver.store.redis import Store, Subscription
+
+    other_store = Store(reactor, redis_url)
+    other_bus = Bus(other_store, lambda m, r: Subscription(reactor, redis_url, m, r))
+    await other_bus.subscription.whenReady()
+    try:
+        here = Rooms(store, bus, presence, clock, history_len=500)
+        there = Rooms(other_store, other_bus, presence, clock, history_len=500)
+        await here.create("ORDER")
+        seen = Collector(bus, "ORDER")
+        await seen.sink.ready
+        posts = [(here if i % 2 else there).post("ORDER", user(i % 2 + 1), f"m{i}",
+                                                   dialect="chat")
+                 for i in range(200)]
+        await defer.gatherResults([defer.ensureDeferred(p) for p in posts])
+        events = await seen.wait(200)
+        logged = [m.id for m in reversed(await here.history("ORDER", 200))]
+        assert [e.data["id"] for e in events] == logged
+    finally:
+        await other_bus.close()
+        await other_store.close()

@@ -65,7 +65,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from imserver.bus import Event
+from imserver.bus import ID_MARK, Event
 from imserver.core.errors import Conflict, Forbidden, InvalidInput, NotFound, RateLimited
 from imserver.store import keys
 from imserver.store.scripts import Script
@@ -393,6 +393,16 @@ return redis.call('HLEN', KEYS[1])
 
 # KEYS: room, conns, occ. -> {seq, population, {conn_id, entry, ...}}: the
 # membership and its sequence number, read together.
+# KEYS: the room's log. ARGV: max length, then the entry's fields (sender
+# JSON, text, dialect, ts, connection, extra JSON), then the bus channel and
+# the event JSON before and after the id. Returns the id.
+POST = Script("rooms_post", """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*', 's', ARGV[2], 't', ARGV[3],
+                      'd', ARGV[4], 'ts', ARGV[5], 'c', ARGV[6], 'x', ARGV[7])
+redis.call('PUBLISH', ARGV[8], ARGV[9] .. id .. ARGV[10])
+return id
+""")
+
 ROSTER = Script("rooms_roster", """
 local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') or 0
 return {seq, redis.call('HLEN', KEYS[3]), redis.call('HGETALL', KEYS[2])}
@@ -649,14 +659,15 @@ class Rooms:
                 raise TooFast()
         ts = self.clock.seconds()
         extra = dict(extra or {})
-        msg_id = await self.store.execute(
-            "XADD", room_keys(name)["log"], "MAXLEN", str(self.history_len), "*",
-            "s", json.dumps(sender.to_dict(), ensure_ascii=False), "t", text,
-            "d", dialect, "ts", repr(ts), "c", conn_id or "",
-            "x", json.dumps(extra, ensure_ascii=False))
-        msg = RoomMessage(id=msg_id, ts=ts, room=name, sender=sender, text=text,
+        msg = RoomMessage(id=ID_MARK, ts=ts, room=name, sender=sender, text=text,
                           dialect=dialect, extra=extra, conn_id=conn_id)
-        await self.bus.publish(topic(name), MESSAGE, msg.to_dict())
+        # stored and published by one script: every process sees a room's
+        # messages in the order of its log
+        channel, head, tail = self.bus.published_by_script(topic(name), MESSAGE, msg.to_dict())
+        msg.id = await self.store.eval(POST, [room_keys(name)["log"]], [
+            str(self.history_len), json.dumps(sender.to_dict(), ensure_ascii=False), text,
+            dialect, repr(ts), conn_id or "", json.dumps(extra, ensure_ascii=False),
+            channel, head, tail])
         return msg
 
     async def history(self, name: str, limit: int = 200) -> list[RoomMessage]:
