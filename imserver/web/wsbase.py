@@ -62,6 +62,16 @@ class BoundedSession:
     max_queue = 4 * 1024 * 1024
     codec = None
     conn_id: str | None = None
+    _rate_second = -1
+    _rate_count = 0
+
+    def within_rate(self, now: float, limit: int) -> bool:
+        """Count a frame in this connection's current second; False past ``limit``."""
+        second = int(now)
+        if second != self._rate_second:
+            self._rate_second, self._rate_count = second, 0
+        self._rate_count += 1
+        return self._rate_count <= limit
 
     def session_opened(self, conn_id: str) -> None:
         self.conn_id = conn_id

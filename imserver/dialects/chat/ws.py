@@ -65,7 +65,6 @@ class ChatSession(BoundedSession, WebSocketServerProtocol):
         self.closed = False
         self.feed = RoomFeed(f.rooms, f.reactor)
         self._backlog = 0
-        self._window = (0, 0)
         self._chain = defer.succeed(None)
         f.sessions.add(self)
         reactor = f.reactor
@@ -165,7 +164,9 @@ class ChatSession(BoundedSession, WebSocketServerProtocol):
             return
         if req.type == "ping":
             return  # the client's answer; its arrival already counted as life
-        if not self._within_rate() or self._backlog >= MAX_BACKLOG:
+        if (not self.within_rate(self.factory.reactor.seconds(),
+                                 self.factory.messages_per_second)
+                or self._backlog >= MAX_BACKLOG):
             self.send_wire(codec.frame(req.type, 1, codec.TOO_FAST))
             return
         handler = getattr(self, "do_" + req.type, None)
@@ -173,15 +174,6 @@ class ChatSession(BoundedSession, WebSocketServerProtocol):
             self.send_wire(codec.frame(req.type, 1, codec.UNKNOWN_TYPE))
             return
         self._enqueue(handler, req)
-
-    def _within_rate(self) -> bool:
-        second = int(self.factory.reactor.seconds())
-        start, count = self._window
-        if start != second:
-            start, count = second, 0
-        count += 1
-        self._window = (start, count)
-        return count <= self.factory.messages_per_second
 
     def _enqueue(self, fn, *args) -> None:
         self._backlog += 1

@@ -47,7 +47,6 @@ class ChatroomSession(BoundedSession, WebSocketServerProtocol):
         self.closed = False
         self.feed = RoomFeed(f.rooms, f.reactor)
         self._backlog = 0
-        self._window = (0, 0)
         self._chain = defer.succeed(None)
         self.cleaned = defer.Deferred()
         f.sessions.add(self)
@@ -116,19 +115,12 @@ class ChatroomSession(BoundedSession, WebSocketServerProtocol):
         except codec.PacketError as e:
             self.send_wire(codec.error(e.msg, e.room_name, e.user or None))
             return
-        if not self._within_rate() or self._backlog >= MAX_BACKLOG:
+        if (not self.within_rate(self.factory.reactor.seconds(),
+                                 self.factory.messages_per_second)
+                or self._backlog >= MAX_BACKLOG):
             self.send_wire(codec.error(codec.TOO_MANY, packet.room_name, packet.user))
             return
         self._enqueue(getattr(self, "do_" + packet.type), packet)
-
-    def _within_rate(self) -> bool:
-        second = int(self.factory.reactor.seconds())
-        start, count = self._window
-        if start != second:
-            start, count = second, 0
-        count += 1
-        self._window = (start, count)
-        return count <= self.factory.messages_per_second
 
     def _enqueue(self, fn, *args) -> None:
         self._backlog += 1

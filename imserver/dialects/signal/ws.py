@@ -164,8 +164,6 @@ class SignalSession(BoundedSession, FastTextFrames, WebSocketServerProtocol):
     groups: set | None = None       # ids of the groups followed (through GroupRelays)
     _closed = False
     _registered = False             # presence knows this connection
-    _rate_window = 0
-    _rate_count = 0
 
     # -- Autobahn callbacks ---------------------------------------------------------
 
@@ -298,11 +296,7 @@ class SignalSession(BoundedSession, FastTextFrames, WebSocketServerProtocol):
         if self.user_id is None:
             self.send_text(codec.error_frame(codec.NOT_LOGGED_IN, "log in first"))
             return
-        window = int(d.clock.seconds())
-        if window != self._rate_window:
-            self._rate_window, self._rate_count = window, 0
-        self._rate_count += 1
-        if self._rate_count > d.conn_rate:
+        if not self.within_rate(d.clock.seconds(), d.conn_rate):
             self.send_text(codec.error_frame(codec.TOO_FAST, "too many messages; slow down"))
             return
         d.messages.post(self.user_id, req.kind, req.to, req.type, req.payload, req.ext,
