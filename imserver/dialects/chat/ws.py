@@ -31,7 +31,7 @@ from imserver.core.errors import CoreError, InvalidInput
 from imserver.core.rooms import (AlreadyJoined, Member, RoomFeed, RoomFull, TooFast,
                                   check_name)
 from imserver.dialects.chat import codec
-from imserver.web.wsbase import BoundedSession
+from imserver.web.wsbase import BoundedSession, close_sessions
 
 log = Logger()
 
@@ -509,10 +509,4 @@ class ChatFactory(WebSocketServerFactory):
 
     def close_all(self) -> defer.Deferred:
         """Drop every session; fires when all have left their rooms."""
-        done = []
-        for s in list(self.sessions):
-            s._shutdown()
-            done.append(s.cleaned)
-            if s.transport is not None:
-                s.transport.abortConnection()
-        return defer.DeferredList(done)
+        return close_sessions(self.sessions)

@@ -27,7 +27,7 @@ from imserver.core.rooms import (AlreadyJoined, Member, RoomFeed, RoomFull, TooF
                                   check_name)
 from imserver.dialects.chat.ws import protocol_pings
 from imserver.dialects.chatroom import codec
-from imserver.web.wsbase import BoundedSession
+from imserver.web.wsbase import BoundedSession, close_sessions
 
 log = Logger()
 
@@ -257,10 +257,4 @@ class ChatroomFactory(WebSocketServerFactory):
 
     def close_all(self) -> defer.Deferred:
         """Drop every session; fires when all have left their rooms."""
-        done = []
-        for s in list(self.sessions):
-            s._shutdown()
-            done.append(s.cleaned)
-            if s.transport is not None:
-                s.transport.abortConnection()
-        return defer.DeferredList(done)
+        return close_sessions(self.sessions)
