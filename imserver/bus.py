@@ -74,6 +74,14 @@ class Event:
         return f"<Event {self.kind} on {self.topic}>"
 
 
+def split_at_id(event: Event) -> tuple[str, str]:
+    """The event's JSON before and after the :data:`ID_MARK` in its data (first one)."""
+    head, sep, tail = event.to_json().partition(_ID_MARK_JSON)
+    if not sep:
+        raise ValueError("the event data must hold ID_MARK")
+    return head + '"', '"' + tail
+
+
 class _Listener:
     """Adapts a plain callable to the sink interface."""
 
@@ -123,12 +131,9 @@ class Bus:
         script publishes ``head .. id .. tail``, so subscribers see events
         in the order the script stored them, on every process.
         """
-        text = Event(topic, kind, data, exclude, origin=self.process_id).to_json()
-        head, sep, tail = text.partition(_ID_MARK_JSON)
-        if not sep:
-            raise ValueError("the event data must hold ID_MARK")
+        head, tail = split_at_id(Event(topic, kind, data, exclude, origin=self.process_id))
         self.published += 1
-        return _CHANNEL_PREFIX + topic, head + '"', '"' + tail
+        return _CHANNEL_PREFIX + topic, head, tail
 
     def subscribe(self, topic: str, sink) -> defer.Deferred:
         """
