@@ -5,7 +5,10 @@ The core publishes events (``room.message``, ``stage.changed``, …) to topics
 (``user:<id>``, ``room:<name>``, ``group:<id>``). Every event travels through
 Redis pub/sub, even to subscribers in the publishing process, so that every
 process sees one order per topic (the order Redis published them in): members
-of one room on two processes see the same sequence.
+of one room on two processes see the same sequence. One exception, the 1:1
+hot path: a direct message is delivered by its sending process to its own
+sinks straight from the script's reply (:meth:`Bus.dispatch_here`), and
+published only when another process has a connection of the user.
 
 Each process holds one pub/sub connection and subscribes to a topic's channel
 while it has local sinks for it (sessions come and go, the channel set
@@ -38,16 +41,25 @@ _ID_MARK_JSON = '"\\u0001"'         # how json.dumps writes it
 
 
 class Event:
-    __slots__ = ("topic", "kind", "data", "exclude", "ts", "origin", "_wires")
+    """One event on a topic.
+
+    ``local`` is set on an event its origin process delivers to its own
+    sinks itself (:meth:`Bus.dispatch_here`) rather than through Redis; its
+    JSON then carries ``"h":1``, and the copy Redis sends back to the origin
+    is dropped there (other processes read it as any other event).
+    """
+
+    __slots__ = ("topic", "kind", "data", "exclude", "ts", "origin", "local", "_wires")
 
     def __init__(self, topic: str, kind: str, data: dict, exclude: str | None = None,
-                 ts: float | None = None, origin: str = ""):
+                 ts: float | None = None, origin: str = "", local: bool = False):
         self.topic = topic
         self.kind = kind
         self.data = data
         self.exclude = exclude
         self.ts = time.time() if ts is None else ts
         self.origin = origin
+        self.local = local
         self._wires: dict = {}
 
     def wire(self, codec):
@@ -59,9 +71,10 @@ class Event:
             return w
 
     def to_json(self) -> str:
-        return json.dumps({"k": self.kind, "d": self.data, "x": self.exclude,
-                           "t": self.ts, "o": self.origin},
-                          ensure_ascii=False, separators=(",", ":"))
+        raw = {"k": self.kind, "d": self.data, "x": self.exclude, "t": self.ts, "o": self.origin}
+        if self.local:
+            raw["h"] = 1
+        return json.dumps(raw, ensure_ascii=False, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, topic: str, text) -> "Event":
@@ -114,6 +127,9 @@ class Bus:
         self._resync_hooks: list = []
         self.published = 0
         self.received = 0
+        self.dropped_own = 0          # copies of events this process delivered itself
+        # how the JSON of such an event ends (Event.to_json puts "o" and "h" last)
+        self._own_local_end = ',"o":' + json.dumps(self.process_id) + ',"h":1}'
         self.subscription = subscription_factory(self._on_message, self._on_reconnect)
 
     async def publish(self, topic: str, kind: str, data: dict, exclude: str | None = None) -> None:
@@ -193,8 +209,25 @@ class Bus:
         by_codec = self._sinks.get(topic)
         if not by_codec:
             return
+        if message.__class__ is bytes:
+            message = message.decode()
+        if message.endswith(self._own_local_end):
+            self.dropped_own += 1       # delivered here already (dispatch_here)
+            return
         self.received += 1
         event = Event.from_json(topic, message)
+        self.dispatch(event)
+
+    def dispatch_here(self, event: Event) -> None:
+        """Deliver an event of this process to its own sinks, without Redis.
+
+        For an event a script stored and published (or did not need to
+        publish, nobody elsewhere following the topic): its JSON carried
+        ``"h":1`` and the copy Redis sends back is dropped. Events so
+        delivered are ``local``; they are not in Redis' order of the topic
+        (see docs/design.rst, "Direct messages on the sending process").
+        """
+        event.local = True
         self.dispatch(event)
 
     def dispatch(self, event: Event) -> None:

@@ -5,11 +5,14 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 
+from imserver.bus import Bus
 from imserver.core.groups import Groups
+from imserver.core.presence import Presence
 from imserver.core.errors import InvalidInput
 from imserver.core.messages import (MESSAGE_EVENT, Messages, NotMember, TooFast, UnknownGroup,
                                     UnknownRecipient)
 from imserver.store import keys
+from imserver.store.redis import Subscription
 
 
 @pytest.fixture
@@ -53,8 +56,30 @@ class Inbox:
         return self.events
 
 
+class Connection:
+    """A bus sink standing for one client connection (it is excluded from its own sends)."""
+
+    codec = None
+
+    def __init__(self, bus, topic, conn_id):
+        self.conn_id = conn_id
+        self.events = []
+        self.ready = bus.subscribe(topic, self)
+
+    def deliver(self, event, wire):
+        self.events.append(event)
+
+
 async def settle():
     await deferLater(reactor, 0.1, lambda: None)
+
+
+async def until(predicate, timeout=5.0):
+    deadline = reactor.seconds() + timeout
+    while not predicate():
+        if reactor.seconds() > deadline:
+            raise AssertionError("condition not reached in time")
+        await deferLater(reactor, 0.01, lambda: None)
 
 
 class SendTests:
@@ -107,14 +132,100 @@ class SendTests:
     async def test_no_own_copy_without_other_devices(self, messages, bus, accounts, presence):
         """A sender with one connection gets no copy of its own message."""
         a, b = await users(accounts, 2)
-        await presence.connect("only", a, "signal")
-        to_b, to_a = Inbox(bus, f"user:{b}"), Inbox(bus, f"user:{a}")
+        only = presence.new_conn_id()
+        await presence.connect(only, a, "signal")
+        sending = Connection(bus, f"user:{a}", only)
+        to_b = Inbox(bus, f"user:{b}")
+        await sending.ready
         await to_b.sink.ready
-        await to_a.sink.ready
-        await messages.send(a, "text", b, "unicast", "x")
+        await messages.send(a, "text", b, "unicast", "x", conn_id=only)
         await to_b.wait(1)
         await settle()
-        assert to_a.events == []
+        assert sending.events == []
+        assert bus.received == 0
+
+    @pytest_twisted.ensureDeferred
+    async def test_direct_delivered_here_without_pubsub(self, messages, bus, store, accounts,
+                                                        presence):
+        """Both users on this process: delivered from the script's reply, nothing published."""
+        a, b = await users(accounts, 2)
+        phone, tablet, b_conn = (presence.new_conn_id() for _ in range(3))
+        for conn, user in ((phone, a), (tablet, a), (b_conn, b)):
+            await presence.connect(conn, user, "signal")
+        to_b = Connection(bus, f"user:{b}", b_conn)
+        own_phone = Connection(bus, f"user:{a}", phone)
+        own_tablet = Connection(bus, f"user:{a}", tablet)
+        for c in (to_b, own_phone, own_tablet):
+            await c.ready
+        mid = await messages.send(a, "text", b, "unicast", "hi", conn_id=phone)
+        # delivered by the time the sender hears its id: no pub/sub round trip
+        (event,) = to_b.events
+        (own,) = own_tablet.events
+        assert own_phone.events == []
+        assert event.local and own.local and event.data == own.data
+        assert event.data == {"id": mid, "k": "text", "f": a, "t": b, "y": "unicast",
+                              "p": "hi", "e": ""}
+        entry = (await store.execute("XRANGE", keys.direct_log(a, b), "-", "+"))[0]
+        assert dict(zip(entry[1][::2], entry[1][1::2]))["o"] == messages.here
+        await settle()
+        assert (bus.received, bus.dropped_own) == (0, 0)
+        assert len(to_b.events) == 1 and len(own_tablet.events) == 1
+
+    @pytest_twisted.ensureDeferred
+    async def test_direct_published_for_a_device_elsewhere(self, messages, bus, accounts,
+                                                           presence, store, redis_url):
+        """The recipient also on another process: published there; this process's copy is
+        dropped, so each connection gets the message once."""
+        a, b = await users(accounts, 2)
+        other = Bus(store, lambda m, r: Subscription(reactor, redis_url, m, r))
+        try:
+            await other.subscription.whenReady()
+            here_conn = presence.new_conn_id()
+            there_conn = Presence(store, reactor, other.process_id).new_conn_id()
+            await presence.connect(here_conn, b, "signal")
+            await presence.connect(there_conn, b, "signal")
+            here = Connection(bus, f"user:{b}", here_conn)
+            there = Connection(other, f"user:{b}", there_conn)
+            await here.ready
+            await there.ready
+            await messages.send(a, "text", b, "unicast", "both")
+            assert [e.data["p"] for e in here.events] == ["both"]
+            await until(lambda: len(there.events) == 1)
+            await until(lambda: bus.dropped_own == 1)
+            assert not there.events[0].local
+            await settle()
+            assert len(here.events) == 1 and len(there.events) == 1 and bus.received == 0
+        finally:
+            await other.close()
+
+    @pytest_twisted.ensureDeferred
+    async def test_replies_out_of_order_delivered_in_call_order(self, messages, bus, store,
+                                                                accounts):
+        """The pool may answer a later script call first: deliveries keep the call order."""
+        a, b = await users(accounts, 2)
+        to_b = Inbox(bus, f"user:{b}")
+        await to_b.sink.ready
+        real = store.eval
+        calls = []
+        first_back = defer.Deferred()
+
+        async def reordering(script, *args, **kw):
+            n = len(calls)
+            calls.append(n)
+            reply = await real(script, *args, **kw)
+            if n == 0:
+                await first_back          # the first call's answer arrives last
+            else:
+                reactor.callLater(0, first_back.callback, None)
+            return reply
+
+        store.eval = reordering
+        d1 = messages.submit(a, "text", b, "unicast", "first")
+        await until(lambda: len(calls) == 1)
+        d2 = messages.submit(a, "text", b, "unicast", "second")
+        ids = await defer.gatherResults([d1, d2])
+        assert [e.data["p"] for e in to_b.events] == ["first", "second"]
+        assert [e.data["id"] for e in to_b.events] == ids
 
     @pytest_twisted.ensureDeferred
     async def test_one_turn_one_script_call(self, messages, store, accounts, groups):

@@ -3,9 +3,11 @@
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
 from twisted.internet.task import deferLater
 
 from imserver.store import keys
+from imserver.store.redis import parse_url
 
 _names = iter(range(10**9))
 
@@ -401,23 +403,43 @@ def test_text_frame_matches_autobahn():
 
 class RepairTests:
     @pytest_twisted.ensureDeferred
-    async def test_lost_bus_link_repaired_from_the_logs(self, server, ws_connect):
-        """After the pub/sub link comes back, sessions get what was stored while it was down."""
-        (a, ca), (b, cb) = await online(ws_connect, server, 2)
+    async def test_lost_bus_link_repaired_from_the_logs(self, start_server, ws_connect):
+        """After its pub/sub link comes back, a process's sessions get what other processes
+        stored meanwhile, once and in order; what the process delivered itself meanwhile
+        (direct messages between its own users) is not repeated."""
+        one, two = await start_server(), await start_server()
+        (a, ta), (b, tb), (c, tc) = [await make_user(one) for _ in range(3)]
+        ca = await login(ws_connect, one.ws_url, a, ta)
+        cb = await login(ws_connect, two.ws_url, b, tb)
+        cc = await login(ws_connect, two.ws_url, c, tc)
         ca.send(f"text_{b}_seen live_unicast_e")
         assert fields(await cb.recv())[2] == "seen live"
-        dialect = next(d for d in server.service.dialects if d.name == "signal")
-        # the link "drops": b stops hearing the bus while a keeps sending
-        bus = server.core.bus
-        bus.unsubscribe(f"user:{b}", cb_session(dialect, b))
+        bus = two.core.bus
+        resynced = []
+        bus.on_resync(lambda: resynced.append(True))
+        # Redis drops the pub/sub links; two's stays down until the test brings it back
+        link = bus.subscription._factory
+        await link.stopTrying()
+        await two.core.store.execute("CLIENT", "KILL", "TYPE", "pubsub")
         ca.send(f"text_{b}_missed 1_unicast_e")
         ca.send(f"text_{b}_missed 2_unicast_e")
-        await until(lambda: _count(server, a, [b], "0", 3))
+        await until(lambda: _count(two, a, [b], "0", 3))
+        # stored after the missed ones: repairing from it would lose them
+        cc.send(f"text_{b}_delivered here_unicast_e")
+        assert fields(await cb.recv())[1:3] == (c, "delivered here")
         assert await cb.no_message(0.2)
-        bus.subscribe(f"user:{b}", cb_session(dialect, b))
-        dialect.repair()
-        assert [fields(await cb.recv())[2] for _ in range(2)] == ["missed 1", "missed 2"]
-        assert await ca.no_message(0.2)
+        assert not resynced
+        kind, address, _ = parse_url(two.config.redis)
+        link.startConnecting(UNIXClientEndpoint(reactor, address) if kind == "unix"
+                             else TCP4ClientEndpoint(reactor, *address))
+
+        async def link_back():
+            return bool(resynced)
+        await until(link_back)
+        assert [fields(await cb.recv())[1:3] for _ in range(2)] == [
+            (a, "missed 1"), (a, "missed 2")]
+        assert await cb.no_message(0.3)
+        assert await ca.no_message(0.1) and await cc.no_message(0.1)
 
 
 def cb_session(dialect, uid):

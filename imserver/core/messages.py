@@ -15,9 +15,8 @@ reactor share one call (one round trip however many senders). Per message:
 2. check the recipient exists (direct) or the sender is a member (group);
 3. ``XADD`` to the conversation, trimmed to ``history_length`` entries and
    ``history_days`` of age;
-4. ``PUBLISH`` the :data:`MESSAGE_EVENT` on the bus: ``group:<gid>`` for a
-   group, ``user:<to>`` for a direct message and, when the sender has other
-   connections, ``user:<from>`` (its other devices); the sending connection
+4. announce the :data:`MESSAGE_EVENT`: for a group, ``PUBLISH`` it on
+   ``group:<gid>``; for a direct message, see below. The sending connection
    is excluded.
 
 Publishing from inside the script means the order subscribers see on a topic
@@ -25,6 +24,27 @@ is the order of the log, on every process: the bus (which sends every event
 through Redis pub/sub anyway) would otherwise publish after a second round
 trip, and two processes could interleave differently. The event is the bus's
 own JSON (:meth:`imserver.bus.Event.to_json`) with the stream id spliced in.
+
+Direct messages, the 1:1 hot path, are delivered by the sending process
+itself: when the script's reply comes back, :meth:`Messages._deliver_here`
+hands the event to this process's sinks of ``user:<to>`` and ``user:<from>``
+(the sender's other devices) through :meth:`imserver.bus.Bus.dispatch_here`,
+batch after batch in the order they were sent. The script publishes on
+``user:<to>`` (``user:<from>``) only if the recipient (the sender) has a
+connection on another process, which it tells from the connection ids'
+process prefix (:func:`imserver.core.presence.conn_prefix`); the copy Redis
+then also sends to the sending process is dropped there by the bus. This
+saves the pub/sub round trip (Redis writing the event, the process reading
+and parsing it again) for every message between users of one process. The
+price: a recipient with devices on two processes may see two senders'
+concurrent messages in different orders on the two (each sender's own
+messages stay in order); history and the inbox are in log order anyway.
+Only the signal dialect shows ``im.message`` events, and its sessions
+register their connection (:meth:`Presence.connect`) before they follow
+``user:<id>``, so no process that wants the event is skipped. The stored
+entry keeps the sending process's prefix (field ``o``): after a lost
+pub/sub link the dialect's repair re-sends what the link missed but not
+what was delivered here.
 
 Ids come from one clock for all conversations (``keys.message_clock``:
 Redis time in ms plus a sequence within the ms, never going back), so they
@@ -51,6 +71,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from dataclasses import dataclass
 from json.encoder import encode_basestring as _quote
 
@@ -59,6 +80,7 @@ from twisted.logger import Logger
 
 from imserver.bus import ID_MARK, Event, split_at_id
 from imserver.core.errors import Forbidden, InvalidInput, NotFound, RateLimited
+from imserver.core.presence import conn_prefix
 from imserver.store import keys
 from imserver.store.scripts import Script
 
@@ -103,15 +125,25 @@ class TooFast(RateLimited):
 #    JSON after the id, recipient's user record | group record, log,
 #    sender's peers | group members, recipient's peers, sender's rate
 #    counter, sender's connections, recipient's | group's channel, sender's
-#    channel ('' when it is the recipient)]
+#    channel ('' when it is the recipient), recipient's connections]
 # so the keys of a message are in its entry rather than in KEYS (we run on
-# one Redis, not a cluster). The event JSON before the id is ARGV[6].
+# one Redis, not a cluster). The event JSON before the id is ARGV[6], the
+# sending process's connection id prefix ARGV[7]: a direct message is
+# published to a user's channel only if the user has a connection whose id
+# does not start with it (the sending process delivers to its own itself).
 # Returns, per message, 1 and its id, or 0 and an error code.
 SEND_BATCH = Script("signal_send_batch", """
 local limit, window, maxlen = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local maxage = tonumber(ARGV[4])
 local batch = cjson.decode(ARGV[5])
 local head = ARGV[6]
+local here = ARGV[7]
+local function elsewhere(conns)
+  for _, c in ipairs(redis.call('SMEMBERS', conns)) do
+    if string.sub(c, 1, 12) ~= here then return true end
+  end
+  return false
+end
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local seq = -1
@@ -146,7 +178,10 @@ for _, m in ipairs(batch) do
     seq = seq + 1
     local id = string.format('%.0f-%.0f', ms, seq)
     local fields = {'f', from, 'k', m[4], 'p', m[5], 'e', m[6]}
-    if unicast then fields[#fields + 1] = 't'; fields[#fields + 1] = m[3] end
+    if unicast then
+      fields[#fields + 1] = 't'; fields[#fields + 1] = m[3]
+      fields[#fields + 1] = 'o'; fields[#fields + 1] = here
+    end
     if type(redis.pcall('XADD', log, 'MAXLEN', '~', maxlen, id, unpack(fields))) ~= 'string' then
       -- the log is ahead of the clock (the clock key was lost): follow the log
       id = redis.call('XADD', log, 'MAXLEN', '~', maxlen, '*', unpack(fields))
@@ -156,14 +191,15 @@ for _, m in ipairs(batch) do
     stored = true
     redis.call('XTRIM', log, 'MINID', '~', string.format('%.0f', ms - maxage))
     local event = head .. id .. m[7]
-    redis.call('PUBLISH', m[14], event)
     if unicast then
+      -- connections of this process get it from the reply
+      if elsewhere(m[16]) then redis.call('PUBLISH', m[14], event) end
+      -- the sender's other devices, if it has any elsewhere
+      if m[15] ~= '' and elsewhere(m[13]) then redis.call('PUBLISH', m[15], event) end
       redis.call('ZADD', m[10], ms, m[3])
       redis.call('ZADD', m[11], ms, from)
-      -- the sender's other devices, if it has any
-      if m[15] ~= '' and redis.call('SCARD', m[13]) > 1 then
-        redis.call('PUBLISH', m[15], event)
-      end
+    else
+      redis.call('PUBLISH', m[14], event)
     end
     out[#out + 1] = 1
     out[#out + 1] = id
@@ -202,6 +238,7 @@ class Message:
     type: str          # "unicast" | "group"
     payload: str
     ext: str
+    origin: str = ""   # direct messages: the connection id prefix of the sending process
 
     @property
     def ms(self) -> int:
@@ -222,7 +259,7 @@ class Message:
         f = dict(zip(it, it))
         to = group_id if type_ == GROUP else f.get("t", "")
         return cls(mid, f.get("k", "text"), f.get("f", ""), to, type_, _text(f.get("p", "")),
-                   _text(f.get("e", "")))
+                   _text(f.get("e", "")), f.get("o", ""))
 
 
 _ERRORS = {"toofast": TooFast, "unknownuser": UnknownRecipient, "unknowngroup": UnknownGroup,
@@ -283,12 +320,19 @@ class Messages:
         self._batch: list | None = None   # sends waiting for this turn's script call
         self._fast: bool | None = None    # may the event JSON be built by hand?
         self._head = ""                   # the event JSON before the id, for the batch
+        self.here = conn_prefix(bus.process_id)   # this process's connection ids start so
+        # script calls in the order they were made: [batch, reply, failure, done]
+        self._in_flight: deque = deque()
 
     # -- sending ----------------------------------------------------------------
 
     def _event_json(self, data: dict, exclude: str | None) -> tuple[str, str]:
-        """The bus's JSON for a message event, split where the id goes."""
-        return split_at_id(Event("", MESSAGE_EVENT, data, exclude, origin=self.bus.process_id))
+        """The bus's JSON for a message event, split where the id goes.
+
+        Direct messages are marked ``local``: this process delivers them itself.
+        """
+        return split_at_id(Event("", MESSAGE_EVENT, data, exclude, origin=self.bus.process_id,
+                                 local=data["y"] == UNICAST))
 
     def _fast_event_json(self, kind, sender, to, type_, payload, ext, exclude):
         """:meth:`_event_json` built by hand (the hot path: a few µs less per message)."""
@@ -297,20 +341,25 @@ class Messages:
         tail = ('","k":' + q(kind) + ',"f":' + q(sender) + ',"t":' + q(to) + ',"y":' + q(type_)
                 + ',"p":' + q(payload) + ',"e":' + q(ext) + '},"x":'
                 + (q(exclude) if exclude is not None else "null")
-                + ',"t":' + repr(time.time()) + ',"o":' + self._origin + '}')
+                + ',"t":' + repr(time.time()) + ',"o":' + self._origin
+                + (',"h":1}' if type_ == UNICAST else '}'))
         return head, tail
 
     def _check_fast_json(self) -> bool:
-        """Does the hand-built JSON read back as the bus's own does? (Checked once.)"""
-        args = ("text", "1", "2", UNICAST, 'a_"\\u00e9\n', "e", "c1")
-        head, tail = self._fast_event_json(*args)
-        mine = Event.from_json("t", head + "5-0" + tail)
-        data = {"id": "5-0", "k": "text", "f": "1", "t": "2", "y": UNICAST,
-                "p": args[4], "e": "e"}
-        theirs = Event.from_json("t", "5-0".join(self._event_json(dict(data, id=ID_MARK),
-                                                                    "c1")))
-        return (mine.kind, mine.data, mine.exclude, mine.origin) == (
-            theirs.kind, theirs.data, theirs.exclude, theirs.origin) and mine.data == data
+        """Does the hand-built JSON read the same as the bus's own? (Checked once.)"""
+        for type_ in (UNICAST, GROUP):
+            args = ("text", "1", "2", type_, 'a_"\\u00e9\n', "e", "c1")
+            head, tail = self._fast_event_json(*args)
+            data = {"id": "5-0", "k": "text", "f": "1", "t": "2", "y": type_,
+                    "p": args[4], "e": "e"}
+            h, t = self._event_json(dict(data, id=ID_MARK), "c1")
+            mine, theirs = head + "5-0" + tail, h + "5-0" + t
+            a, b = json.loads(mine), json.loads(theirs)
+            a.pop("t"), b.pop("t")
+            # the bus drops its own local events by how their JSON ends
+            if a != b or a["d"] != data or mine.endswith('"h":1}') != theirs.endswith('"h":1}'):
+                return False
+        return True
 
     def _rate_key(self, sender: str) -> str:
         start = int(self.clock.seconds() // self.rate_window)
@@ -362,11 +411,12 @@ class Messages:
             entry = ("u", sender, to, kind, payload, ext, tail, keys.user(to),
                      keys.direct_log(sender, to), keys.user_peers(sender), keys.user_peers(to),
                      rate, keys.user_conns(sender), keys.bus_channel("user:" + to),
-                     "" if to == sender else keys.bus_channel("user:" + sender))
+                     "" if to == sender else keys.bus_channel("user:" + sender),
+                     keys.user_conns(to))
         elif type_ == GROUP:
             entry = ("g", sender, to, kind, payload, ext, tail, keys.group(to),
                      keys.group_log(to), keys.group_members(to), "", rate, "",
-                     keys.bus_channel("group:" + to), "")
+                     keys.bus_channel("group:" + to), "", "")
         else:
             _refused(on_error, InvalidInput("type must be unicast or group"))
             return
@@ -378,7 +428,7 @@ class Messages:
         if self._batch is None:
             self._batch = []
             self.clock.callLater(0, self._flush)
-        self._batch.append((entry, on_error))
+        self._batch.append((entry, on_error, conn_id))
 
     def _flush(self) -> None:
         if self._batch:
@@ -389,24 +439,54 @@ class Messages:
         if not batch:
             return
         args = [self.user_rate, self.rate_window + 1, self.history_length, self.max_age_ms,
-                json.dumps([e for e, _ in batch], ensure_ascii=False), self._head]
+                json.dumps([b[0] for b in batch], ensure_ascii=False), self._head, self.here]
+        # the pool may answer calls out of order: results are handed out in
+        # the order of the calls, so each sender's messages arrive in order
+        call = [batch, None, None, False]
+        self._in_flight.append(call)
 
-        def done(reply):
-            for i, (_, d) in enumerate(batch):
-                if d.__class__ is defer.Deferred:
-                    d.callback((int(reply[2 * i]), reply[2 * i + 1]))
-                elif int(reply[2 * i]) == 0:
-                    _refused(d, _ERRORS[reply[2 * i + 1]]())
+        def landed(reply, failure=None):
+            call[1], call[2], call[3] = reply, failure, True
+            in_flight = self._in_flight
+            while in_flight and in_flight[0][3]:
+                self._settle(*in_flight.popleft()[:3])
 
-        def failed(failure):
-            for _, d in batch:
+        defer.ensureDeferred(self.store.eval(SEND_BATCH, [keys.message_clock()], args)
+                             ).addCallbacks(landed, lambda f: landed(None, f))
+
+    def _settle(self, batch, reply, failure) -> None:
+        """One script call's outcome: deliver here, and tell the senders."""
+        if failure is not None:
+            for _, d, _ in batch:
                 if d.__class__ is defer.Deferred:
                     d.errback(failure)
                 else:
                     _refused(d, failure.value)
+            return
+        for i, (entry, d, conn_id) in enumerate(batch):
+            ok, value = int(reply[2 * i]), reply[2 * i + 1]
+            if ok and entry[0] == "u":
+                self._deliver_here(entry, value, conn_id)
+            if d.__class__ is defer.Deferred:
+                d.callback((ok, value))
+            elif not ok:
+                _refused(d, _ERRORS[value]())
 
-        defer.ensureDeferred(self.store.eval(SEND_BATCH, [keys.message_clock()], args)
-                             ).addCallbacks(done, failed)
+    def _deliver_here(self, entry, message_id: str, conn_id: str | None) -> None:
+        """A stored direct message to this process's sinks of both users."""
+        bus = self.bus
+        sender, to = entry[1], entry[2]
+        data = None
+        for topic in ("user:" + to, "user:" + sender) if to != sender else ("user:" + to,):
+            if bus.has_local(topic):
+                if data is None:
+                    data = {"id": message_id, "k": entry[3], "f": sender, "t": to,
+                            "y": UNICAST, "p": entry[4], "e": entry[5]}
+                try:
+                    bus.dispatch_here(Event(topic, MESSAGE_EVENT, data, conn_id,
+                                            origin=bus.process_id))
+                except Exception:
+                    log.failure("messages: delivering {id} here failed", id=message_id)
 
     # -- reading ----------------------------------------------------------------
 

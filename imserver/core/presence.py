@@ -36,6 +36,11 @@ return conns
 """)
 
 
+def conn_prefix(process_id: str) -> str:
+    """The first 12 characters of every connection id of a process."""
+    return f"{process_id[:12]:0>12}"
+
+
 class Presence:
     def __init__(self, store, clock, process_id: str, heartbeat: float = 5.0,
                  dead_after: float = 15.0):
@@ -50,7 +55,7 @@ class Presence:
 
     def new_conn_id(self) -> str:
         self._counter = (self._counter + 1) % (1 << 32)
-        return f"{self.process_id[:12]:0>12}{self._counter:08x}"
+        return f"{conn_prefix(self.process_id)}{self._counter:08x}"
 
     def on_dead(self, callback) -> None:
         """``callback(record)`` (may return a Deferred) for each connection of a dead process."""

@@ -35,8 +35,8 @@ from twisted.python.failure import Failure
 from imserver import metrics
 from imserver.core.errors import CoreError, Forbidden, InvalidInput, NotFound, RateLimited
 from imserver.core.groups import GroupNotFound
-from imserver.core.messages import (MESSAGE_EVENT, NotMember, TooFast, UnknownGroup,
-                                    UnknownRecipient)
+from imserver.core.messages import (MESSAGE_EVENT, UNICAST, NotMember, TooFast,
+                                    UnknownGroup, UnknownRecipient)
 from imserver.dialects.signal import codec
 from imserver.store.redis import StoreError, StoreTimeout
 from imserver.web.wsbase import SLOW_CLIENT_CODE, BoundedSession, queued_bytes
@@ -109,14 +109,17 @@ class SignalWire:
     dialect never negotiates compression, so a frame is header + UTF-8.
     """
 
-    # the id of the last message event seen: ids increase in the order Redis
-    # publishes them, so after a lost link everything later was missed
+    # the id of the last message event received through Redis: ids increase
+    # in the order Redis publishes them, so after a lost link everything
+    # later was missed (direct messages this process delivered itself, from
+    # the script's reply, are not counted: the link cannot have lost them)
     watermark = ""
 
     def encode_event(self, event):
         out = codec.event_output(event.topic, event.kind, event.data)
         if out.__class__ is str:
-            self.watermark = event.data["id"]
+            if not event.local:
+                self.watermark = event.data["id"]
             return Frame(text_frame(out.encode("utf-8")))
         return out
 
@@ -439,9 +442,12 @@ class SignalSession(BoundedSession, FastTextFrames, WebSocketServerProtocol):
         if self.user_id is None:
             return
         last = _id_key(after)
+        here = d.messages.here
         for m in await d.messages.inbox(self.user_id, last[0]):
-            # the user's own messages are left out: this connection may have sent them
-            if m.sort_key() > last and m.sender != self.user_id:
+            # left out: the user's own messages (this connection may have sent
+            # them) and direct messages this process delivered itself
+            if (m.sort_key() > last and m.sender != self.user_id
+                    and not (m.origin == here and m.type == UNICAST)):
                 self.send_text(self._message_frame(m))
 
     # -- the bus sink ------------------------------------------------------------------------
