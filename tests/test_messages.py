@@ -1,11 +1,13 @@
 """The messages core against a real Redis: store, announce, history, offline inbox."""
 
+import json
+
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 
-from imserver.bus import Bus
+from imserver.bus import Bus, Event
 from imserver.core.groups import Groups
 from imserver.core.presence import Presence
 from imserver.core.errors import InvalidInput
@@ -197,6 +199,37 @@ class SendTests:
             assert len(here.events) == 1 and len(there.events) == 1 and bus.received == 0
         finally:
             await other.close()
+
+    @pytest_twisted.ensureDeferred
+    async def test_script_writes_the_bus_json(self, messages, bus, accounts, presence, groups,
+                                              redis_url):
+        """The event JSON the script publishes is the bus's own (Event.to_json), whatever
+        the payload; a direct message's ends so that its process drops its own copy."""
+        a, b = await users(accounts, 2)
+        group = await groups.create(a, "g", [b])
+        await presence.connect("elsewhere-1", b, "signal")
+        raw = []
+        link = Subscription(reactor, redis_url, lambda ch, msg: raw.append(msg))
+        try:
+            await link.whenReady()
+            await link.add(keys.bus_channel(f"user:{b}"))
+            await link.add(keys.bus_channel(f"group:{group.id}"))
+            payload = 'q"uo\\te/ é 你好 \x01\n\t_end'
+            sent = [await messages.send(a, "audio", b, "unicast", payload, "ZXh0", conn_id="c9"),
+                    await messages.send(a, "text", group.id, "group", payload, "")]
+            await until(lambda: len(raw) == 2)
+        finally:
+            await link.close()
+        for text, mid, (to, type_, ext, exclude) in zip(
+                raw, sent, [(b, "unicast", "ZXh0", "c9"), (group.id, "group", "", None)]):
+            kind = "audio" if type_ == "unicast" else "text"
+            data = {"id": mid, "k": kind, "f": a, "t": to, "y": type_, "p": payload, "e": ext}
+            ours = Event("", MESSAGE_EVENT, data, exclude, origin=bus.process_id,
+                         local=type_ == "unicast").to_json()
+            got, want = json.loads(text), json.loads(ours)
+            assert abs(got.pop("t") - want.pop("t")) < 5
+            assert got == want and list(got) == list(want)
+            assert text.endswith(f',"o":"{bus.process_id}","h":1}}') == (type_ == "unicast")
 
     @pytest_twisted.ensureDeferred
     async def test_replies_out_of_order_delivered_in_call_order(self, messages, bus, store,

@@ -22,8 +22,9 @@ reactor share one call (one round trip however many senders). Per message:
 Publishing from inside the script means the order subscribers see on a topic
 is the order of the log, on every process: the bus (which sends every event
 through Redis pub/sub anyway) would otherwise publish after a second round
-trip, and two processes could interleave differently. The event is the bus's
-own JSON (:meth:`imserver.bus.Event.to_json`) with the stream id spliced in.
+trip, and two processes could interleave differently. The script writes the
+event in the bus's JSON form (:meth:`imserver.bus.Event.to_json`), and only
+when it publishes.
 
 Direct messages, the 1:1 hot path, are delivered by the sending process
 itself: when the script's reply comes back, :meth:`Messages._deliver_here`
@@ -70,15 +71,13 @@ extension.
 from __future__ import annotations
 
 import json
-import time
 from collections import deque
 from dataclasses import dataclass
-from json.encoder import encode_basestring as _quote
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from imserver.bus import ID_MARK, Event, split_at_id
+from imserver.bus import Event
 from imserver.core.errors import Forbidden, InvalidInput, NotFound, RateLimited
 from imserver.core.presence import conn_prefix
 from imserver.store import keys
@@ -121,28 +120,39 @@ class TooFast(RateLimited):
 # age (ms), then the batch as one JSON array (one argument instead of a
 # dozen per message: the client library encodes arguments one by one, and
 # that cost more than everything else). Each message is
-#   [kind of conversation ('u'|'g'), from, to, kind, payload, ext, event
-#    JSON after the id, recipient's user record | group record, log,
+#   [kind of conversation ('u'|'g'), from, to, kind, payload, ext, sending
+#    connection ('' if none), recipient's user record | group record, log,
 #    sender's peers | group members, recipient's peers, sender's rate
 #    counter, sender's connections, recipient's | group's channel, sender's
 #    channel ('' when it is the recipient), recipient's connections]
 # so the keys of a message are in its entry rather than in KEYS (we run on
-# one Redis, not a cluster). The event JSON before the id is ARGV[6], the
-# sending process's connection id prefix ARGV[7]: a direct message is
-# published to a user's channel only if the user has a connection whose id
-# does not start with it (the sending process delivers to its own itself).
+# one Redis, not a cluster). ARGV[6] is the event JSON up to the id, ARGV[7]
+# the sending process's connection id prefix, ARGV[8] its process id as a
+# JSON string. A direct message is published to a user's channel only if
+# the user has a connection whose id does not start with the prefix (the
+# sending process delivers to its own itself, from the reply), and its event
+# is marked "h":1 so that process drops the copy. The script writes the
+# event JSON only when it publishes: in the bus's form (Event.to_json's
+# fields and order; a test reads them back).
 # Returns, per message, 1 and its id, or 0 and an error code.
 SEND_BATCH = Script("signal_send_batch", """
 local limit, window, maxlen = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local maxage = tonumber(ARGV[4])
 local batch = cjson.decode(ARGV[5])
-local head = ARGV[6]
-local here = ARGV[7]
+local head, here, origin = ARGV[6], ARGV[7], ARGV[8]
+local q = cjson.encode
 local function elsewhere(conns)
   for _, c in ipairs(redis.call('SMEMBERS', conns)) do
     if string.sub(c, 1, 12) ~= here then return true end
   end
   return false
+end
+local function event(id, m, ms, unicast)
+  return head .. id .. '","k":' .. q(m[4]) .. ',"f":' .. q(m[2]) .. ',"t":' .. q(m[3])
+    .. (unicast and ',"y":"unicast"' or ',"y":"group"') .. ',"p":' .. q(m[5])
+    .. ',"e":' .. q(m[6]) .. '},"x":' .. (m[7] == '' and 'null' or q(m[7]))
+    .. ',"t":' .. string.format('%.3f', ms / 1000) .. ',"o":' .. origin
+    .. (unicast and ',"h":1}' or '}')
 end
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -190,16 +200,21 @@ for _, m in ipairs(batch) do
     end
     stored = true
     redis.call('XTRIM', log, 'MINID', '~', string.format('%.0f', ms - maxage))
-    local event = head .. id .. m[7]
     if unicast then
       -- connections of this process get it from the reply
-      if elsewhere(m[16]) then redis.call('PUBLISH', m[14], event) end
+      local text = nil
+      if elsewhere(m[16]) then
+        text = event(id, m, ms, true)
+        redis.call('PUBLISH', m[14], text)
+      end
       -- the sender's other devices, if it has any elsewhere
-      if m[15] ~= '' and elsewhere(m[13]) then redis.call('PUBLISH', m[15], event) end
+      if m[15] ~= '' and elsewhere(m[13]) then
+        redis.call('PUBLISH', m[15], text or event(id, m, ms, true))
+      end
       redis.call('ZADD', m[10], ms, m[3])
       redis.call('ZADD', m[11], ms, from)
     else
-      redis.call('PUBLISH', m[14], event)
+      redis.call('PUBLISH', m[14], event(id, m, ms, false))
     end
     out[#out + 1] = 1
     out[#out + 1] = id
@@ -318,48 +333,13 @@ class Messages:
         self.rate_window = max(1, int(rate_window))
         self.page = page
         self._batch: list | None = None   # sends waiting for this turn's script call
-        self._fast: bool | None = None    # may the event JSON be built by hand?
-        self._head = ""                   # the event JSON before the id, for the batch
         self.here = conn_prefix(bus.process_id)   # this process's connection ids start so
+        self._head = '{"k":' + json.dumps(MESSAGE_EVENT) + ',"d":{"id":"'
+        self._origin = json.dumps(bus.process_id)
         # script calls in the order they were made: [batch, reply, failure, done]
         self._in_flight: deque = deque()
 
     # -- sending ----------------------------------------------------------------
-
-    def _event_json(self, data: dict, exclude: str | None) -> tuple[str, str]:
-        """The bus's JSON for a message event, split where the id goes.
-
-        Direct messages are marked ``local``: this process delivers them itself.
-        """
-        return split_at_id(Event("", MESSAGE_EVENT, data, exclude, origin=self.bus.process_id,
-                                 local=data["y"] == UNICAST))
-
-    def _fast_event_json(self, kind, sender, to, type_, payload, ext, exclude):
-        """:meth:`_event_json` built by hand (the hot path: a few µs less per message)."""
-        q = _quote
-        head = ('{"k":"' + MESSAGE_EVENT + '","d":{"id":"')
-        tail = ('","k":' + q(kind) + ',"f":' + q(sender) + ',"t":' + q(to) + ',"y":' + q(type_)
-                + ',"p":' + q(payload) + ',"e":' + q(ext) + '},"x":'
-                + (q(exclude) if exclude is not None else "null")
-                + ',"t":' + repr(time.time()) + ',"o":' + self._origin
-                + (',"h":1}' if type_ == UNICAST else '}'))
-        return head, tail
-
-    def _check_fast_json(self) -> bool:
-        """Does the hand-built JSON read the same as the bus's own? (Checked once.)"""
-        for type_ in (UNICAST, GROUP):
-            args = ("text", "1", "2", type_, 'a_"\\u00e9\n', "e", "c1")
-            head, tail = self._fast_event_json(*args)
-            data = {"id": "5-0", "k": "text", "f": "1", "t": "2", "y": type_,
-                    "p": args[4], "e": "e"}
-            h, t = self._event_json(dict(data, id=ID_MARK), "c1")
-            mine, theirs = head + "5-0" + tail, h + "5-0" + t
-            a, b = json.loads(mine), json.loads(theirs)
-            a.pop("t"), b.pop("t")
-            # the bus drops its own local events by how their JSON ends
-            if a != b or a["d"] != data or mine.endswith('"h":1}') != theirs.endswith('"h":1}'):
-                return False
-        return True
 
     def _rate_key(self, sender: str) -> str:
         start = int(self.clock.seconds() // self.rate_window)
@@ -398,33 +378,21 @@ class Messages:
         if kind not in KINDS:
             _refused(on_error, InvalidInput("unknown message kind"))
             return
-        if self._fast is None:
-            self._origin = _quote(self.bus.process_id)
-            self._fast = self._check_fast_json()
-        if self._fast:
-            head, tail = self._fast_event_json(kind, sender, to, type_, payload, ext, conn_id)
-        else:
-            head, tail = self._event_json({"id": ID_MARK, "k": kind, "f": sender, "t": to,
-                                           "y": type_, "p": payload, "e": ext}, conn_id)
         rate = self._rate_key(sender)
+        conn = conn_id or ""
         if type_ == UNICAST:
-            entry = ("u", sender, to, kind, payload, ext, tail, keys.user(to),
+            entry = ("u", sender, to, kind, payload, ext, conn, keys.user(to),
                      keys.direct_log(sender, to), keys.user_peers(sender), keys.user_peers(to),
                      rate, keys.user_conns(sender), keys.bus_channel("user:" + to),
                      "" if to == sender else keys.bus_channel("user:" + sender),
                      keys.user_conns(to))
         elif type_ == GROUP:
-            entry = ("g", sender, to, kind, payload, ext, tail, keys.group(to),
+            entry = ("g", sender, to, kind, payload, ext, conn, keys.group(to),
                      keys.group_log(to), keys.group_members(to), "", rate, "",
                      keys.bus_channel("group:" + to), "", "")
         else:
             _refused(on_error, InvalidInput("type must be unicast or group"))
             return
-        if head != self._head:
-            # one event head per call of the script (it never changes in practice)
-            if self._batch:
-                self._flush_now()
-            self._head = head
         if self._batch is None:
             self._batch = []
             self.clock.callLater(0, self._flush)
@@ -439,7 +407,8 @@ class Messages:
         if not batch:
             return
         args = [self.user_rate, self.rate_window + 1, self.history_length, self.max_age_ms,
-                json.dumps([b[0] for b in batch], ensure_ascii=False), self._head, self.here]
+                json.dumps([b[0] for b in batch], ensure_ascii=False), self._head, self.here,
+                self._origin]
         # the pool may answer calls out of order: results are handed out in
         # the order of the calls, so each sender's messages arrive in order
         call = [batch, None, None, False]
