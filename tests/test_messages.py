@@ -344,6 +344,23 @@ class SendTests:
         n = await store.execute("XLEN", keys.direct_log(a, b))
         assert 10 <= n <= 110
 
+    @pytest_twisted.ensureDeferred
+    async def test_messages_past_the_age_limit_are_not_read(self, messages, groups, accounts):
+        """History and the inbox leave out what is older than history_days, trimmed or not."""
+        a, b = await users(accounts, 2)
+        group = await groups.create(a, "g", [b])
+        await messages.send(a, "text", b, "unicast", "old direct")
+        await messages.send(a, "text", group.id, "group", "old group")
+        await deferLater(reactor, 0.3, lambda: None)
+        messages.max_age_ms = 200
+        await messages.send(a, "text", b, "unicast", "new direct")
+        await messages.send(a, "text", group.id, "group", "new group")
+        _, direct = await messages.history(b, a, "unicast", "0-0")
+        _, posts = await messages.history(b, group.id, "group", "0-0")
+        assert [m.payload for m in direct] == ["new direct"]
+        assert [m.payload for m in posts] == ["new group"]
+        assert [m.payload for m in await messages.inbox(b, 0)] == ["new direct", "new group"]
+
 
 class HistoryTests:
     @pytest_twisted.ensureDeferred
