@@ -146,7 +146,8 @@ class Subscription:
     ``add`` returns a Deferred that fires once Redis has confirmed the
     subscription, so a caller can be sure to receive what is published after
     it. Each SUBSCRIBE names one channel: txredisapi hands each reply to the
-    oldest waiting command, so one reply per command keeps them paired.
+    oldest waiting command, so one reply per command keeps them paired. While the link is down every
+    channel counts as not confirmed.
     """
 
     def __init__(self, reactor, url: str, on_message: Callable[[str, Any], None],
@@ -180,17 +181,26 @@ class Subscription:
         self.protocol = proto
         proto.whenConnected().addCallback(self._resubscribe, proto)
 
-    def _resubscribe(self, _, proto) -> None:
-        for channel in list(self.channels):
-            self._send(proto, channel)
-        if self._ready is not None:
-            ready, self._ready = self._ready, None
-            ready.callback(None)
-        if self._ever_connected and self.on_reconnect:
-            self.on_reconnect()
+    def _resubscribe(self, _, proto) -> defer.Deferred:
+        """Subscribe every wanted channel; once Redis confirmed them all, tell the owner.
+
+        ``on_reconnect`` runs only then: a log read in it misses nothing,
+        since whatever is stored later is also published to us.
+        """
+        sent = [self._send(proto, channel) for channel in list(self.channels)]
+        first = not self._ever_connected
         self._ever_connected = True
 
-    def _send(self, proto, channel: str) -> None:
+        def all_confirmed(_):
+            if self._ready is not None:
+                ready, self._ready = self._ready, None
+                ready.callback(None)
+            if not first and self.on_reconnect and self.protocol is proto:
+                self.on_reconnect()
+
+        return defer.DeferredList(sent, consumeErrors=True).addCallback(all_confirmed)
+
+    def _send(self, proto, channel: str) -> defer.Deferred:
         def confirmed(_):
             waiters = self.channels.get(channel)
             if waiters:
@@ -200,13 +210,17 @@ class Subscription:
             elif channel in self.channels:
                 self.channels[channel] = None
 
-        proto.subscribe([channel]).addCallbacks(
+        return proto.subscribe([channel]).addCallbacks(
             confirmed, lambda f: log.warn("subscribe {c} failed: {e}", c=channel,
                                           e=f.getErrorMessage()))
 
     def _lost(self, proto) -> None:
         if self.protocol is proto:
             self.protocol = None
+            # Redis forgot them: each is wanted again until it confirms anew
+            for channel, waiters in self.channels.items():
+                if waiters is None:
+                    self.channels[channel] = []
 
     def _message(self, channel, message) -> None:
         try:
