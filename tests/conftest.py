@@ -9,6 +9,8 @@ Shared fixtures: a real redis-server, real core objects, real servers, real clie
   port against that Redis; stopped at teardown. Call it twice for two
   processes of one deployment.
 - ``ws_connect(url)``: a real Autobahn WebSocket client.
+- ``cut_bus_link(server)``: Redis drops a server's pub/sub link until the
+  test restores it.
 - ``http``: JSON helpers over real ``treq``.
 """
 
@@ -37,7 +39,7 @@ from imserver.core.presence import Presence
 from imserver.core.sms import LogSender
 from imserver.service import IMService
 from imserver.store.embedded import EmbeddedRedis, find_redis_server
-from imserver.store.redis import Store, Subscription
+from imserver.store.redis import Store, Subscription, parse_url
 
 # cheap hashes in tests: argon2 cost is a setting, the code path is the same
 FAST_ARGON2 = {"argon2_time_cost": 1, "argon2_memory_cost": 1024}
@@ -190,6 +192,49 @@ async def start_server(redis_url, tmp_path):
 async def server(start_server):
     """One running server with default settings."""
     yield await start_server()
+
+
+class BusLinkCut:
+    """A server's pub/sub link, dropped by Redis and kept down until :meth:`restore`.
+
+    Its connection factory stops retrying (txredisapi's own calls), so what
+    a test does meanwhile surely happens while the link is down, however
+    slow the machine. ``CLIENT KILL TYPE pubsub`` drops every process's
+    link; the others reconnect by themselves.
+    """
+
+    def __init__(self, server):
+        self.server = server
+        self.resynced = []
+        server.core.bus.on_resync(lambda: self.resynced.append(True))
+        self.factory = server.core.bus.subscription._factory
+
+    async def cut(self):
+        await self.factory.stopTrying()
+        await self.server.core.store.execute("CLIENT", "KILL", "TYPE", "pubsub")
+
+    async def restore(self, timeout: float = 8.0):
+        """Reconnect; returns once the bus's resync hooks have run."""
+        assert not self.resynced, "the link came back before the test restored it"
+        kind, address, _ = parse_url(self.server.config.redis)
+        self.factory.startConnecting(
+            endpoints.UNIXClientEndpoint(reactor, address) if kind == "unix"
+            else endpoints.TCP4ClientEndpoint(reactor, *address))
+        deadline = reactor.seconds() + timeout
+        while not self.resynced:
+            if reactor.seconds() > deadline:
+                raise AssertionError("the bus did not resync")
+            await deferLater(reactor, 0.02, lambda: None)
+
+
+@pytest.fixture
+def cut_bus_link():
+    """``link = await cut_bus_link(server)`` drops the link; ``await link.restore()``."""
+    async def cut(server):
+        link = BusLinkCut(server)
+        await link.cut()
+        return link
+    return cut
 
 
 # -- WebSocket client ---------------------------------------------------------

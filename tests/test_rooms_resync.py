@@ -12,13 +12,11 @@ import json
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
-from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
 from twisted.internet.task import deferLater
 
 from imserver.bus import Event
 from imserver.core.rooms import Member, Resync, RoomFeed, Rooms, RosterChange, id_key
 from imserver.store import keys
-from imserver.store.redis import parse_url
 
 
 async def wait_for(conn, pred, timeout=8.0):
@@ -130,7 +128,7 @@ async def _pending(conn):
 
 
 @pytest_twisted.ensureDeferred
-async def test_missed_messages_and_members_arrive_once_in_order(server, ws_connect):
+async def test_missed_messages_and_members_arrive_once_in_order(server, ws_connect, cut_bus_link):
     """After the pub/sub link is back, each client gets the missed chat once, in order, and
     who left and joined meanwhile; a client that joined meanwhile gets no older chat."""
     core = server.core
@@ -139,15 +137,7 @@ async def test_missed_messages_and_members_arrive_once_in_order(server, ws_conne
     room.c.send({"type": "send", "data": {"message": "live"}})
     await room.each_gets_once("live")
 
-    bus = core.bus
-    resynced = []
-    bus.on_resync(lambda: resynced.append(True))
-    # Redis drops the pub/sub connection; it stays down until the test brings it back
-    # (txredisapi's own calls on the link's connection factory), so what follows surely
-    # happens meanwhile, however slow the machine
-    link = bus.subscription._factory
-    await link.stopTrying()
-    await core.store.execute("CLIENT", "KILL", "TYPE", "pubsub")
+    link = await cut_bus_link(server)
 
     room.c.send({"type": "send", "data": {"message": "missed 1"}})
     await stored(core.rooms, "5", "missed 1")
@@ -167,14 +157,7 @@ async def test_missed_messages_and_members_arrive_once_in_order(server, ws_conne
     # nobody was subscribed while all that was published
     assert await core.store.execute("PUBSUB", "NUMSUB", keys.bus_channel("room:5")) \
         in (["im:bus:room:5", 0], ["im:bus:room:5", "0"])
-    assert not resynced
-    kind, address, _ = parse_url(server.config.redis)
-    link.startConnecting(UNIXClientEndpoint(reactor, address) if kind == "unix"
-                         else TCP4ClientEndpoint(reactor, *address))
-
-    async def link_back():
-        return bool(resynced)
-    await until(link_back)
+    await link.restore()
 
     frames = await collect(room.c, 5)
     assert texts_000(frames[:3]) == ["missed 1", "missed 2", "missed 3"]

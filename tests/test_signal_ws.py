@@ -3,11 +3,9 @@
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
 from twisted.internet.task import deferLater
 
 from imserver.store import keys
-from imserver.store.redis import parse_url
 
 _names = iter(range(10**9))
 
@@ -403,7 +401,8 @@ def test_text_frame_matches_autobahn():
 
 class RepairTests:
     @pytest_twisted.ensureDeferred
-    async def test_lost_bus_link_repaired_from_the_logs(self, start_server, ws_connect):
+    async def test_lost_bus_link_repaired_from_the_logs(self, start_server, ws_connect,
+                                                        cut_bus_link):
         """After its pub/sub link comes back, a process's sessions get what other processes
         stored meanwhile, once and in order; what the process delivered itself meanwhile
         (direct messages between its own users) is not repeated."""
@@ -414,13 +413,7 @@ class RepairTests:
         cc = await login(ws_connect, two.ws_url, c, tc)
         ca.send(f"text_{b}_seen live_unicast_e")
         assert fields(await cb.recv())[2] == "seen live"
-        bus = two.core.bus
-        resynced = []
-        bus.on_resync(lambda: resynced.append(True))
-        # Redis drops the pub/sub links; two's stays down until the test brings it back
-        link = bus.subscription._factory
-        await link.stopTrying()
-        await two.core.store.execute("CLIENT", "KILL", "TYPE", "pubsub")
+        link = await cut_bus_link(two)
         ca.send(f"text_{b}_missed 1_unicast_e")
         ca.send(f"text_{b}_missed 2_unicast_e")
         await until(lambda: _count(two, a, [b], "0", 3))
@@ -428,14 +421,7 @@ class RepairTests:
         cc.send(f"text_{b}_delivered here_unicast_e")
         assert fields(await cb.recv())[1:3] == (c, "delivered here")
         assert await cb.no_message(0.2)
-        assert not resynced
-        kind, address, _ = parse_url(two.config.redis)
-        link.startConnecting(UNIXClientEndpoint(reactor, address) if kind == "unix"
-                             else TCP4ClientEndpoint(reactor, *address))
-
-        async def link_back():
-            return bool(resynced)
-        await until(link_back)
+        await link.restore()
         assert [fields(await cb.recv())[1:3] for _ in range(2)] == [
             (a, "missed 1"), (a, "missed 2")]
         assert await cb.no_message(0.3)
