@@ -6,6 +6,7 @@ import pytest_twisted
 from twisted.internet.task import Clock
 
 from imserver.core.presence import Presence
+from imserver.store import keys
 
 
 def test_conn_ids_are_20_hex_and_unique():
@@ -25,8 +26,12 @@ async def test_online_across_connections(store):
     await p2.connect(c2, 7, "chat")
     await p1.connect(guest, None, "chat")
     assert await p1.is_online(7) and sorted(await p2.connections_of(7)) == sorted([c1, c2])
+    assert (await p1.record(c1))["user_id"] == "7"
     await p1.disconnect(c1)
     assert await p1.is_online(7)
+    # every trace of the connection goes in the one step
+    assert await p1.record(c1) == {}
+    assert await store.execute("SMEMBERS", keys.process_conns("aaaaaaaaaaaa")) == [guest]
     await p2.disconnect(c2)
     assert not await p1.is_online(7)
     await p1.bind_user(guest, 8)

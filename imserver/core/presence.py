@@ -36,6 +36,31 @@ return conns
 """)
 
 
+# KEYS: the connection's hash, the process's connections, the user's
+# connections (absent for a connection without a user). ARGV: the connection
+# id, then the hash's field/value pairs. Registers a connection in one step.
+CONNECT = Script("presence_connect", """
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('SADD', KEYS[2], ARGV[1])
+if KEYS[3] then redis.call('SADD', KEYS[3], ARGV[1]) end
+return 1
+""")
+
+# KEYS: the connection's hash, the process's connections. ARGV: the
+# connection id, and the user's connections key before and after the user
+# id (the hash names the user). Forgets a connection in one step.
+DISCONNECT = Script("presence_disconnect", """
+local uid = redis.call('HGET', KEYS[1], 'user_id')
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+if uid then redis.call('SREM', ARGV[2] .. uid .. ARGV[3], ARGV[1]) end
+return uid
+""")
+
+_UID = "\x00"
+_USER_CONNS = tuple(keys.user_conns(_UID).split(_UID))   # the key around a user id
+
+
 def conn_prefix(process_id: str) -> str:
     """The first 12 characters of every connection id of a process."""
     return f"{process_id[:12]:0>12}"
@@ -64,12 +89,11 @@ class Presence:
     async def connect(self, conn_id: str, user_id, dialect: str, info: dict | None = None):
         fields = ["process", self.process_id, "dialect", dialect,
                   "since", repr(self.clock.seconds()), "info", json.dumps(info or {})]
+        where = [keys.conn(conn_id), keys.process_conns(self.process_id)]
         if user_id is not None:
             fields += ["user_id", user_id]
-        await self.store.execute("HSET", keys.conn(conn_id), *fields)
-        await self.store.execute("SADD", keys.process_conns(self.process_id), conn_id)
-        if user_id is not None:
-            await self.store.execute("SADD", keys.user_conns(user_id), conn_id)
+            where.append(keys.user_conns(user_id))
+        await self.store.eval(CONNECT, where, [conn_id, *fields])
 
     async def bind_user(self, conn_id: str, user_id) -> None:
         old = await self.store.execute("HGET", keys.conn(conn_id), "user_id")
@@ -82,11 +106,8 @@ class Presence:
         await self.store.execute("SADD", keys.user_conns(user_id), conn_id)
 
     async def disconnect(self, conn_id: str) -> None:
-        uid = await self.store.execute("HGET", keys.conn(conn_id), "user_id")
-        await self.store.execute("DEL", keys.conn(conn_id))
-        await self.store.execute("SREM", keys.process_conns(self.process_id), conn_id)
-        if uid:
-            await self.store.execute("SREM", keys.user_conns(uid), conn_id)
+        await self.store.eval(DISCONNECT, [keys.conn(conn_id), keys.process_conns(self.process_id)],
+                              [conn_id, *_USER_CONNS])
 
     async def record(self, conn_id: str) -> dict:
         h = await self.store.hgetall(keys.conn(conn_id))
