@@ -388,6 +388,35 @@ class TwoProcessTests:
         assert fields(await ca.recv())[2:5] == ("group across", "group", group.id)
 
 
+    @pytest_twisted.ensureDeferred
+    async def test_devices_on_both_processes_get_each_message_once(self, start_server,
+                                                                  ws_connect):
+        """Devices of both users on two processes: each gets every message once, in order,
+        whether its process delivered it itself or heard it through Redis."""
+        one = await start_server()
+        two = await start_server()
+        a, ta = await make_user(one)
+        b, tb = await make_user(one)
+        a1 = await login(ws_connect, one.ws_url, a, ta)
+        a2 = await login(ws_connect, two.ws_url, a, ta)
+        b1 = await login(ws_connect, one.ws_url, b, tb)
+        b2 = await login(ws_connect, two.ws_url, b, tb)
+        for i in range(5):
+            a1.send(f"text_{b}_m_{i}_unicast_e")
+        def seen(frame):
+            kind, sender, payload, type_, conversation, _, ext = fields(frame)
+            return sender, payload, conversation
+
+        for device in (b1, b2):
+            assert [seen(await device.recv()) for _ in range(5)] == [
+                (a, f"m_{i}", a) for i in range(5)]
+        # the sender's other device, on the other process, gets its own copies
+        assert [seen(await a2.recv()) for _ in range(5)] == [(a, f"m_{i}", b) for i in range(5)]
+        for device in (a1, a2, b1, b2):
+            assert await device.no_message(0.3)
+        assert one.core.bus.dropped_own >= 1
+
+
 def test_text_frame_matches_autobahn():
     """The dialect's own framing is byte for byte Autobahn's prepared frame."""
     from autobahn.twisted.websocket import WebSocketServerFactory
