@@ -219,6 +219,7 @@ class IMService(service.MultiService):
         ops = OpsApi(self.store, self.bus, reactor, reactor.seconds())
         self.router.add_klein(ops.app)
         self.router.add_klein(StreamHooks(self.core.live).app)
+        from imserver.dialects.account.http import AccountApi
         from imserver.dialects.signal.upload import UploadApi
         UploadApi(media=self.core.media, accounts=self.core.accounts, limits=self.core.limits,
                   blocking=blocking, legacy_auth=config.legacy_auth).mount(self.router)
@@ -228,8 +229,14 @@ class IMService(service.MultiService):
         self.core.presence.start()
         for dialect in self.dialects:
             dialect.start()
-        max_request = max(config.max_body, config.max_upload) + 64 * 1024
-        site = IMSite(self.router, max_request, blocking)
+        # the routes check their own limits; the site only stops buffering
+        # well before: the body cap plus room for a form's other fields, and
+        # the upload cap on the upload paths alone
+        slack = 64 * 1024
+        max_request = config.max_body + slack
+        site = IMSite(self.router, max_request, blocking,
+                      upload_request=max(config.max_body, config.max_upload) + slack,
+                      upload_paths=UploadApi.PATHS + AccountApi.UPLOAD_PATHS)
         for ep in config.listen:
             port = await endpoints.serverFromString(reactor, ep).listen(site)
             self.ports.append(port)

@@ -55,6 +55,27 @@ async def test_413_in_each_dialects_envelope(start_server):
 
 
 @pytest_twisted.ensureDeferred
+async def test_only_upload_paths_take_upload_sized_bodies(start_server):
+    """The site buffers an upload-sized body only on the upload paths: elsewhere it stops
+    at the body cap (plus room for a form), so no route can be made to hold megabytes."""
+    srv = await start_server(max_body=1000, max_upload=400_000)
+    mid = b"x" * 200_000          # over 1000 + 64 KiB, under 400,000 + 64 KiB
+    for path in ("/creategrp", "/auth/login", "/register", "/health", "/upload/writev2x",
+                 "/upload/../upload/writev2"):
+        r = await treq.post(srv.url + path, data=mid,
+                            headers={"Content-Type": ["application/x-www-form-urlencoded"]})
+        assert r.code == 413, path
+        await r.content()
+    for path in ("/upload/writev2", "/wsim/upload/writev3", "/upload?token=x"):
+        r = await treq.post(srv.url + path, data=mid,
+                            headers={"Content-Type": ["multipart/form-data; boundary=b"]})
+        # read by the route, which refuses it as a form without a file (not 413)
+        body = json.loads(await r.text("utf-8"))
+        assert r.code == 200 and body not in (
+            {"code": -7, "message": TOO_LARGE}, {"result": "0009", "message": TOO_LARGE}), path
+
+
+@pytest_twisted.ensureDeferred
 async def test_404_in_the_envelope_of_the_prefix(server):
     """An unknown path below a dialect's prefix gets a 404 in that dialect's form."""
     expected = {

@@ -50,6 +50,8 @@ GOLDEN_OPS = ("refill", "send_gift", "balance", "ledger")
 
 class AccountApi:
     app = Klein()
+    # the paths that take files: the site buffers bodies up to the upload cap there
+    UPLOAD_PATHS = ("/upload",)
 
     def __init__(self, *, accounts, limits, friends, wallet, clock, live=None, media=None,
                  max_body: int = 1024 * 1024, max_upload: int = 20 * 1024 * 1024):
@@ -174,7 +176,7 @@ class AccountApi:
 
     # -- /upload: the avatar ---------------------------------------------------------
 
-    @app.route("/upload", methods=["POST"])
+    @app.route(UPLOAD_PATHS[0], methods=["POST"])
     async def upload(self, request):
         return await self._serve(request, self._upload, authenticated=False,
                                  max_body=self.max_upload)

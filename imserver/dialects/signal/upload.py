@@ -76,9 +76,15 @@ def _code(exc: Exception) -> int:
     return UNAVAILABLE
 
 
+_PREFIXES = ("/upload/", "/wsim/upload/")
+_ENDPOINTS = ("writev1", "writev2", "writev3")
+
+
 def _routes(app: Klein, endpoint: str):
+    assert endpoint in _ENDPOINTS
+
     def decorate(f):
-        for prefix in ("/upload/", "/wsim/upload/"):
+        for prefix in _PREFIXES:
             f = app.route(prefix + endpoint, methods=["GET", "POST"])(f)
         return f
     return decorate
@@ -86,6 +92,8 @@ def _routes(app: Klein, endpoint: str):
 
 class UploadApi:
     app = Klein()
+    # the paths that take files: the site buffers bodies up to the upload cap there
+    PATHS = tuple(prefix + e for prefix in _PREFIXES for e in _ENDPOINTS)
 
     def __init__(self, *, media, accounts, limits, blocking, legacy_auth: bool = False,
                  per_minute: int = UPLOADS_PER_MINUTE):
