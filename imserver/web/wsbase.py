@@ -19,7 +19,6 @@ after the upgrade it lets go of twisted.web's HTTP channel (see there).
 from __future__ import annotations
 
 from autobahn.twisted.resource import WebSocketResource
-from twisted.internet import defer
 
 from imserver import metrics
 
@@ -56,17 +55,6 @@ class UpgradedResource(WebSocketResource):
             if getattr(transport, "producer", None) is channel:
                 transport.unregisterProducer()
         return result
-
-
-def close_sessions(sessions) -> defer.Deferred:
-    """Drop every session (``_shutdown`` then abort); fires once each has ``cleaned`` up."""
-    done = []
-    for s in list(sessions):
-        s._shutdown()
-        done.append(s.cleaned)
-        if s.transport is not None:
-            s.transport.abortConnection()
-    return defer.DeferredList(done)
 
 
 class BoundedSession:

@@ -21,7 +21,7 @@ disconnected. Timers use the injected reactor.
 from __future__ import annotations
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from twisted.internet import defer, task
+from twisted.internet import task
 from twisted.logger import Logger
 
 from imserver import metrics
@@ -31,21 +31,21 @@ from imserver.core.errors import CoreError, InvalidInput
 from imserver.core.rooms import (AlreadyJoined, Member, RoomFeed, RoomFull, TooFast,
                                   check_name)
 from imserver.dialects.chat import codec
-from imserver.web.wsbase import BoundedSession, close_sessions
+from imserver.dialects.roomws import RoomSession, protocol_pings
 
 log = Logger()
 
 DIALECT = "chat"
 HOME_ROOM = "1"
-MAX_BACKLOG = 32
 PROFILE = ("email", "wechat", "qq", "age", "gender")
 LOGIN_FAILURES = 10       # per username and window
 LOGIN_WINDOW = 300
 IDLE_CLOSE = 4000         # close code for a client that stopped answering pings
 
 
-class ChatSession(BoundedSession, WebSocketServerProtocol):
+class ChatSession(RoomSession, WebSocketServerProtocol):
     dialect = DIALECT
+    log_name = "000"
 
     # -- life cycle ---------------------------------------------------------
 
@@ -55,18 +55,13 @@ class ChatSession(BoundedSession, WebSocketServerProtocol):
     def onOpen(self):
         f = self.factory
         self.codec = f.codec
-        self.session_opened(f.presence.new_conn_id())
+        self.room_session_opened(f.presence.new_conn_id(), RoomFeed(f.rooms, f.reactor))
         self.room = HOME_ROOM
         self.user = None
         self.member = Member.guest()
         self.token = None
         self.code_phone = None
         self.in_room = False
-        self.closed = False
-        self.feed = RoomFeed(f.rooms, f.reactor)
-        self._backlog = 0
-        self._chain = defer.succeed(None)
-        f.sessions.add(self)
         reactor = f.reactor
         self._idle = reactor.callLater(f.idle_timeout, self._idle_timeout)
         self._dropper = None
@@ -80,36 +75,13 @@ class ChatSession(BoundedSession, WebSocketServerProtocol):
         await f.presence.connect(self.conn_id, None, DIALECT, {"address": self.address})
         await self._enter(self.room)
 
-    def onClose(self, wasClean, code, reason):
-        self._shutdown()
-
-    def connectionLost(self, reason):
-        super().connectionLost(reason)
-        self._shutdown()
-
-    def _shutdown(self) -> None:
-        if getattr(self, "closed", True):
-            return
-        self.closed = True
-        self.factory.sessions.discard(self)
+    def _closing(self) -> None:
         if self._idle.active():
             self._idle.cancel()
         if self._pinger.running:
             self._pinger.stop()
         if self._dropper is not None and self._dropper.active():
             self._dropper.cancel()
-        self.session_closed(self.factory.bus)
-        self.feed.close()
-        self._chain.addBoth(lambda _: defer.ensureDeferred(self._cleanup()))
-        self._chain.addErrback(lambda f: log.failure("000 cleanup of {c} failed", f,
-                                                     c=self.conn_id))
-        self.cleaned = defer.Deferred()
-        self._chain.addBoth(lambda _: self.cleaned.callback(None))
-
-    async def _cleanup(self) -> None:
-        f = self.factory
-        await f.rooms.leave_all(self.conn_id, reason="close")
-        await f.presence.disconnect(self.conn_id)
 
     def _idle_timeout(self) -> None:
         log.info("000 connection {c} silent for {t}s; closing", c=self.conn_id,
@@ -125,11 +97,6 @@ class ChatSession(BoundedSession, WebSocketServerProtocol):
     def _ping(self) -> None:
         self.send_wire(codec.ping())
 
-    def deliver(self, event, wire) -> None:
-        if self.closed or not self.feed.admit(event, wire):
-            return
-        self._show(event, wire)
-
     def _show(self, event, wire) -> None:
         if self.closed:
             return
@@ -140,13 +107,6 @@ class ChatSession(BoundedSession, WebSocketServerProtocol):
             if event.kind == "room.member_joined" and data.get("conn_id") == self.conn_id:
                 return  # "online" goes to the room except the newcomer
         self.send_wire(wire)
-
-    def catch_up(self, resync) -> None:
-        """The bus link came back: hold pushes, then show what was missed (in frame order)."""
-        if self.closed:
-            return
-        self.feed.hold()
-        self._enqueue(lambda: self.feed.catch_up(resync, self.codec, self._show))
 
     # -- frames in ----------------------------------------------------------
 
@@ -166,7 +126,7 @@ class ChatSession(BoundedSession, WebSocketServerProtocol):
             return  # the client's answer; its arrival already counted as life
         if (not self.within_rate(self.factory.reactor.seconds(),
                                  self.factory.messages_per_second)
-                or self._backlog >= MAX_BACKLOG):
+                or self.backlogged):
             self.send_wire(codec.frame(req.type, 1, codec.TOO_FAST))
             return
         handler = getattr(self, "do_" + req.type, None)
@@ -175,28 +135,8 @@ class ChatSession(BoundedSession, WebSocketServerProtocol):
             return
         self._enqueue(handler, req)
 
-    def _enqueue(self, fn, *args) -> None:
-        self._backlog += 1
-
-        def run(_):
-            if self.closed and fn != self._open:
-                return None
-            return defer.ensureDeferred(fn(*args))
-
-        def done(result):
-            self._backlog -= 1
-            return None
-
-        def failed(failure):
-            name = args[0].type if args else "open"
-            log.failure("000 {name} failed on {c}", failure, name=name, c=self.conn_id)
-            if args and not self.closed:
-                self.send_wire(codec.frame(name, 1, "服务器错误，请稍后再试"))
-            return None
-
-        self._chain.addCallback(run)
-        self._chain.addErrback(failed)
-        self._chain.addBoth(done)
+    def _frame_failed(self, req) -> None:
+        self.send_wire(codec.frame(req.type, 1, "服务器错误，请稍后再试"))
 
     # -- rooms --------------------------------------------------------------
 
@@ -471,19 +411,6 @@ class ChatSession(BoundedSession, WebSocketServerProtocol):
         self.send_wire(codec.frame("changeroom"))
 
 
-def protocol_pings(config) -> dict:
-    """
-    Autobahn's WebSocket ping options (with ``failByDrop=False`` beside them,
-    a protocol error such as bad UTF-8 gets a close frame, 1007, rather than
-    a silently dropped TCP connection). Its timers (txaio's batched timer)
-    round deadlines down to whole seconds, so a sub-second timeout fires at
-    once and drops healthy peers: keep them at a second or more. The 000
-    ``ping`` heartbeat keeps the configured precision.
-    """
-    return {"autoPingInterval": max(config.ping_interval, 1.0),
-            "autoPingTimeout": max(config.idle_timeout, 2.0)}
-
-
 class ChatFactory(WebSocketServerFactory):
     protocol = ChatSession
 
@@ -506,7 +433,3 @@ class ChatFactory(WebSocketServerFactory):
         self.setProtocolOptions(
             maxMessagePayloadSize=config.max_frame * 2, maxFramePayloadSize=config.max_frame * 2,
             openHandshakeTimeout=10, failByDrop=False, **protocol_pings(config))
-
-    def close_all(self) -> defer.Deferred:
-        """Drop every session; fires when all have left their rooms."""
-        return close_sessions(self.sessions)

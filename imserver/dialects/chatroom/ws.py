@@ -18,71 +18,32 @@ order and once, and ``user`` packets for the joins and leaves.
 from __future__ import annotations
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from twisted.internet import defer
-from twisted.logger import Logger
 
 from imserver import metrics
 from imserver.core.errors import InvalidInput
 from imserver.core.rooms import (AlreadyJoined, Member, RoomFeed, RoomFull, TooFast,
                                   check_name)
-from imserver.dialects.chat.ws import protocol_pings
 from imserver.dialects.chatroom import codec
-from imserver.web.wsbase import BoundedSession, close_sessions
+from imserver.dialects.roomws import RoomSession, protocol_pings
 
-log = Logger()
 
 DIALECT = "chatroom"
-MAX_BACKLOG = 32
 
 
-class ChatroomSession(BoundedSession, WebSocketServerProtocol):
+class ChatroomSession(RoomSession, WebSocketServerProtocol):
     dialect = DIALECT
+    log_name = "003"
 
     def onOpen(self):
         f = self.factory
         self.codec = f.codec
-        self.session_opened(f.presence.new_conn_id())
+        self.room_session_opened(f.presence.new_conn_id(), RoomFeed(f.rooms, f.reactor))
         self.user = None        # authenticated account, once a join carried a token
         self.joined: dict[str, Member] = {}
-        self.closed = False
-        self.feed = RoomFeed(f.rooms, f.reactor)
-        self._backlog = 0
-        self._chain = defer.succeed(None)
-        self.cleaned = defer.Deferred()
-        f.sessions.add(self)
         self._enqueue(self._open)
 
     async def _open(self) -> None:
         await self.factory.presence.connect(self.conn_id, None, DIALECT)
-
-    def onClose(self, wasClean, code, reason):
-        self._shutdown()
-
-    def connectionLost(self, reason):
-        super().connectionLost(reason)
-        self._shutdown()
-
-    def _shutdown(self) -> None:
-        if getattr(self, "closed", True):
-            return
-        self.closed = True
-        self.factory.sessions.discard(self)
-        self.session_closed(self.factory.bus)
-        self.feed.close()
-        self._chain.addBoth(lambda _: defer.ensureDeferred(self._cleanup()))
-        self._chain.addErrback(lambda f: log.failure("003 cleanup of {c} failed", f,
-                                                     c=self.conn_id))
-        self._chain.addBoth(lambda _: self.cleaned.callback(None))
-
-    async def _cleanup(self) -> None:
-        f = self.factory
-        await f.rooms.leave_all(self.conn_id, reason="close")
-        await f.presence.disconnect(self.conn_id)
-
-    def deliver(self, event, wire) -> None:
-        if self.closed or not self.feed.admit(event, wire):
-            return
-        self._show(event, wire)
 
     def _show(self, event, wire) -> None:
         if self.closed:
@@ -94,13 +55,6 @@ class ChatroomSession(BoundedSession, WebSocketServerProtocol):
         if data.get("room") not in self.joined:
             return
         self.send_wire(wire)
-
-    def catch_up(self, resync) -> None:
-        """The bus link came back: hold pushes, then show what was missed (in packet order)."""
-        if self.closed:
-            return
-        self.feed.hold()
-        self._enqueue(lambda: self.feed.catch_up(resync, self.codec, self._show))
 
     # -- packets in -----------------------------------------------------------
 
@@ -117,31 +71,13 @@ class ChatroomSession(BoundedSession, WebSocketServerProtocol):
             return
         if (not self.within_rate(self.factory.reactor.seconds(),
                                  self.factory.messages_per_second)
-                or self._backlog >= MAX_BACKLOG):
+                or self.backlogged):
             self.send_wire(codec.error(codec.TOO_MANY, packet.room_name, packet.user))
             return
         self._enqueue(getattr(self, "do_" + packet.type), packet)
 
-    def _enqueue(self, fn, *args) -> None:
-        self._backlog += 1
-
-        def run(_):
-            if self.closed and fn != self._open:
-                return None
-            return defer.ensureDeferred(fn(*args))
-
-        def failed(failure):
-            log.failure("003 packet failed on {c}", failure, c=self.conn_id)
-            if args and not self.closed:
-                p = args[0]
-                self.send_wire(codec.error("server error", p.room_name, p.user))
-
-        def done(_):
-            self._backlog -= 1
-
-        self._chain.addCallback(run)
-        self._chain.addErrback(failed)
-        self._chain.addBoth(done)
+    def _frame_failed(self, packet) -> None:
+        self.send_wire(codec.error("server error", packet.room_name, packet.user))
 
     # -- identity -------------------------------------------------------------
 
@@ -254,7 +190,3 @@ class ChatroomFactory(WebSocketServerFactory):
         self.setProtocolOptions(
             maxMessagePayloadSize=config.max_frame * 2, maxFramePayloadSize=config.max_frame * 2,
             openHandshakeTimeout=10, failByDrop=False, **protocol_pings(config))
-
-    def close_all(self) -> defer.Deferred:
-        """Drop every session; fires when all have left their rooms."""
-        return close_sessions(self.sessions)
