@@ -16,7 +16,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from imserver import metrics
-from imserver.dialects.signal.groups_http import BAD_REQUEST, GroupApi
+from imserver.dialects.signal.envelope import BAD_REQUEST
+from imserver.dialects.signal.groups_http import GroupApi
 from imserver.dialects.signal.ws import GroupRelays, Heartbeat, SignalFactory, SignalWire
 from imserver.web.wsbase import UpgradedResource
 

@@ -5,17 +5,11 @@ querymygrps grpinfo``, at the root and under ``/wsim/``, GET or POST.
 Every reply is the document's envelope ``{"code", "message"[, "data"]}``.
 Success is ``code`` 1 (the document) or 0 with ``--signal-group-ok-code 0``
 (the original server, which its Android client expects); refusals use
-negative codes, which neither kind of client mistakes for success:
-
-====  ==========================================================
- -1   missing or invalid parameter
- -2   no valid token (``token``, ``access_token`` or ``Authorization: Bearer``)
- -3   not allowed (not a member, not the creator, group full, ``creator`` or
-      ``userid`` naming someone other than the token's user)
- -4   no such group
- -5   too many requests
- -6   service unavailable; try again
-====  ==========================================================
+negative codes (:mod:`.envelope`), which neither kind of client mistakes
+for success: -1 a missing or invalid parameter, -2 no valid token, -3 not
+allowed (not a member, not the creator, group full, ``creator`` or
+``userid`` naming someone other than the token's user), -4 no such group,
+-5 too many requests, -6 service unavailable.
 
 The acting user is always the token's; the document's ``creator`` and
 ``userid`` parameters are accepted when they name that user. Who may do what
@@ -27,31 +21,13 @@ from __future__ import annotations
 from klein import Klein
 
 from imserver import metrics
-from imserver.core.errors import CoreError, Forbidden, InvalidInput, NotFound, RateLimited
+from imserver.core.errors import CoreError, Forbidden, InvalidInput, RateLimited
 from imserver.core.groups import parse_ids
+from imserver.dialects.signal.envelope import NoToken, refusal_code
 from imserver.store.redis import StoreError, StoreTimeout
 from imserver.web.http import BodyTooLarge, json_body, read_params, token_from
 
-BAD_REQUEST, NO_TOKEN, FORBIDDEN, NOT_FOUND, TOO_MANY, UNAVAILABLE = -1, -2, -3, -4, -5, -6
 CREATES_PER_HOUR = 30
-
-
-class NoToken(CoreError):
-    reason = "login required: pass a valid token"
-
-
-def _code(exc: Exception) -> int:
-    if isinstance(exc, NoToken):
-        return NO_TOKEN
-    if isinstance(exc, InvalidInput):
-        return BAD_REQUEST
-    if isinstance(exc, Forbidden):
-        return FORBIDDEN
-    if isinstance(exc, NotFound):
-        return NOT_FOUND
-    if isinstance(exc, RateLimited):
-        return TOO_MANY
-    return UNAVAILABLE
 
 
 def both(app: Klein, path: str):
@@ -84,7 +60,7 @@ class GroupApi:
     def _refused(request, exc: Exception):
         reason = getattr(exc, "reason", None) or "service unavailable; try again"
         status = 413 if isinstance(exc, BodyTooLarge) else 200
-        return json_body(request, {"code": _code(exc), "message": reason}, status)
+        return json_body(request, {"code": refusal_code(exc), "message": reason}, status)
 
     @app.handle_errors(CoreError)
     def _domain_error(self, request, failure):

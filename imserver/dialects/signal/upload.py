@@ -14,16 +14,11 @@ named and written off the reactor thread
     {"code": 0, "message": "OK", "data": "<public URL>"}       writev1, writev2
     {"code": 0, "message": "Succeeded", "data": "<public URL>"}  writev3
 
-Refusals come in the same envelope with the group API's negative codes:
-
-====  ==============================================================
- -1   no file, or a file that is empty, corrupt or of a type the
-      endpoint does not take (the message says which types it takes)
- -2   no valid token
- -5   too many uploads
- -6   service unavailable; try again
- -7   file too large (HTTP status 413; the message gives the limit)
-====  ==============================================================
+Refusals come in the same envelope with the group API's negative codes
+(:mod:`.envelope`): -1 no file, or a file that is empty, corrupt or of a
+type the endpoint does not take (the message says which types it takes), -2
+no valid token, -5 too many uploads, -6 service unavailable, -7 file too
+large (HTTP status 413; the message gives the limit).
 """
 
 from __future__ import annotations
@@ -34,12 +29,13 @@ from twisted.logger import Logger
 from imserver import metrics
 from imserver.core.errors import CoreError, InvalidInput, RateLimited
 from imserver.core.media import MediaTooLarge
+from imserver.dialects.signal.envelope import (BAD_REQUEST, TOO_LARGE, UNAVAILABLE, NoToken,
+                                               refusal_code)
 from imserver.store.redis import StoreError, StoreTimeout
 from imserver.web.http import client_address, json_body, read_params, token_from
 
 log = Logger()
 
-BAD_REQUEST, NO_TOKEN, TOO_MANY, UNAVAILABLE, TOO_LARGE = -1, -2, -5, -6, -7
 UPLOADS_PER_MINUTE = 60
 MULTIPART_OVERHEAD = 64 * 1024   # room for the form's other fields and part headers
 
@@ -51,10 +47,6 @@ ENDPOINTS = {
 }
 
 
-class NoToken(CoreError):
-    reason = "login required: pass a valid token"
-
-
 class NoFile(InvalidInput):
     reason = "no file: post a multipart form with the file in field 'file'"
 
@@ -64,24 +56,11 @@ def refusal(status: int, reason: str) -> dict:
     return {"code": TOO_LARGE if status == 413 else BAD_REQUEST, "message": reason}
 
 
-def _code(exc: Exception) -> int:
-    if isinstance(exc, NoToken):
-        return NO_TOKEN
-    if isinstance(exc, MediaTooLarge):
-        return TOO_LARGE
-    if isinstance(exc, InvalidInput):
-        return BAD_REQUEST
-    if isinstance(exc, RateLimited):
-        return TOO_MANY
-    return UNAVAILABLE
-
-
 _PREFIXES = ("/upload/", "/wsim/upload/")
-_ENDPOINTS = ("writev1", "writev2", "writev3")
 
 
 def _routes(app: Klein, endpoint: str):
-    assert endpoint in _ENDPOINTS
+    assert endpoint in ENDPOINTS
 
     def decorate(f):
         for prefix in _PREFIXES:
@@ -93,7 +72,7 @@ def _routes(app: Klein, endpoint: str):
 class UploadApi:
     app = Klein()
     # the paths that take files: the site buffers bodies up to the upload cap there
-    PATHS = tuple(prefix + e for prefix in _PREFIXES for e in _ENDPOINTS)
+    PATHS = tuple(prefix + e for prefix in _PREFIXES for e in ENDPOINTS)
 
     def __init__(self, *, media, accounts, limits, blocking, legacy_auth: bool = False,
                  per_minute: int = UPLOADS_PER_MINUTE):
@@ -114,7 +93,7 @@ class UploadApi:
     def _refused(request, exc: Exception):
         reason = getattr(exc, "reason", None) or "service unavailable; try again"
         status = 413 if isinstance(exc, MediaTooLarge) else 200
-        return json_body(request, {"code": _code(exc), "message": reason}, status)
+        return json_body(request, {"code": refusal_code(exc), "message": reason}, status)
 
     @app.handle_errors(CoreError)
     def _domain_error(self, request, failure):
