@@ -457,6 +457,48 @@ class RepairTests:
         assert await ca.no_message(0.1) and await cc.no_message(0.1)
 
 
+    @pytest_twisted.ensureDeferred
+    async def test_repaired_with_no_message_through_redis_before(self, start_server,
+                                                                ws_connect, cut_bus_link):
+        """A process that had received no message through Redis when its link dropped still
+        repairs: its marks (the message clock, sent to itself) gave it a position."""
+        one, two = await start_server(), await start_server()
+        (a, ta), (b, tb) = [await make_user(one) for _ in range(2)]
+        ca = await login(ws_connect, one.ws_url, a, ta)
+        cb = await login(ws_connect, two.ws_url, b, tb)
+        wire = signal_dialect(two).wire
+
+        async def marked():
+            return wire.watermark != ""
+        await until(marked)
+        link = await cut_bus_link(two)
+        ca.send(f"text_{b}_sent while down_unicast_e")
+        await until(lambda: _count(two, a, [b], "0", 1))
+        assert await cb.no_message(0.2)
+        await link.restore()
+        assert fields(await cb.recv())[1:3] == (a, "sent while down")
+        assert await cb.no_message(0.3)
+
+    @pytest_twisted.ensureDeferred
+    async def test_marks_move_the_watermark_past_local_traffic(self, server, ws_connect):
+        """Messages a process delivers itself never reach it through Redis; its marks still
+        carry its repair position up to the newest message."""
+        (a, ca), (b, cb) = await online(ws_connect, server, 2)
+        ca.send(f"text_{b}_local_unicast_e")
+        assert fields(await cb.recv())[2] == "local"
+        dialect = signal_dialect(server)
+        newest = await dialect.send_mark()
+        assert newest == await server.core.store.execute("GET", keys.message_clock())
+
+        async def caught_up():
+            return dialect.wire.watermark == newest
+        await until(caught_up)
+
+
+def signal_dialect(server):
+    return next(d for d in server.service.dialects if d.name == "signal")
+
+
 def cb_session(dialect, uid):
     return next(s for s in dialect.sessions if s.user_id == uid)
 

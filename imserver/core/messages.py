@@ -77,7 +77,7 @@ from dataclasses import dataclass
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from imserver.bus import Event
+from imserver.bus import ID_MARK, Event
 from imserver.core.errors import Forbidden, InvalidInput, NotFound, RateLimited
 from imserver.core.presence import conn_prefix
 from imserver.store import keys
@@ -86,6 +86,7 @@ from imserver.store.scripts import Script
 log = Logger()
 
 MESSAGE_EVENT = "im.message"
+MARK_EVENT = "im.mark"                  # {id}: the message clock, through pub/sub
 UNICAST = "unicast"
 GROUP = "group"
 KINDS = frozenset({"text", "emotion", "picture", "audio", "video"})
@@ -227,6 +228,17 @@ for _, m in ipairs(batch) do
 end
 if stored then redis.call('SET', KEYS[1], string.format('%.0f-%.0f', ms, seq)) end
 return out
+""")
+
+# KEYS: the message clock, a bus channel. ARGV: the event JSON before and
+# after the id. Publishes the last id given out: a process receiving this
+# event has received every message event published before it (Redis sends a
+# subscriber its messages in publish order), so nothing up to that id can
+# have been lost on its pub/sub link.
+MARK = Script("signal_mark", """
+local id = redis.call('GET', KEYS[1]) or '0-0'
+redis.call('PUBLISH', KEYS[2], ARGV[1] .. id .. ARGV[2])
+return id
 """)
 
 # KEYS: the user's offline mark, the user's connections. ARGV: how far back
@@ -471,6 +483,12 @@ class Messages:
                                             origin=bus.process_id))
                 except Exception:
                     log.failure("messages: delivering {id} here failed", id=message_id)
+
+    def publish_mark(self, topic: str) -> defer.Deferred:
+        """Publish :data:`MARK_EVENT` with the last message id on ``topic``; fires with it."""
+        channel, head, tail = self.bus.published_by_script(topic, MARK_EVENT, {"id": ID_MARK})
+        return defer.ensureDeferred(
+            self.store.eval(MARK, [keys.message_clock(), channel], [head, tail]))
 
     # -- reading ----------------------------------------------------------------
 

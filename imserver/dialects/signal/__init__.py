@@ -12,7 +12,7 @@ in ``docs/signal.rst``.
 
 from __future__ import annotations
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from imserver import metrics
@@ -24,6 +24,7 @@ from imserver.web.wsbase import UpgradedResource
 log = Logger()
 
 ENTRY_PATHS = ("/entry", "/wsim/entry")
+MARK_INTERVAL = 5.0       # seconds between marks (how stale the repair's start may be)
 
 
 def refusal(status: int, reason: str) -> dict:
@@ -59,6 +60,9 @@ class SignalDialect:
                                   max_body=config.max_body)
         self.heartbeat = Heartbeat(self, reactor, config.ping_interval, config.idle_timeout)
         self._out = metrics.MESSAGES_OUT.labels("signal")
+        self._mark_topic = f"process:{bus.process_id}:signal-marks"
+        self._marks: task.LoopingCall | None = None
+        self._mark_sink = None
         presence.on_dead(self._connection_died)
         bus.on_resync(self.repair)
 
@@ -74,10 +78,32 @@ class SignalDialect:
     def start(self) -> None:
         self.factory.startFactory()
         self.heartbeat.start()
+        # marks: the message clock through this process's own pub/sub link
+        self._marks = task.LoopingCall(self.send_mark)
+        self._marks.clock = self.clock
+        self._mark_sink = self.bus.listen(self._mark_topic, self._marked)
+        self._mark_sink.ready.addCallback(
+            lambda _: None if self._marks is None else self._marks.start(MARK_INTERVAL))
+
+    def send_mark(self) -> defer.Deferred:
+        """Publish the message clock to ourselves (see ``SignalWire.watermark``)."""
+        d = self.messages.publish_mark(self._mark_topic)
+        d.addErrback(lambda f: log.warn("signal: publishing a mark failed: {e}",
+                                        e=f.getErrorMessage()))
+        return d
+
+    def _marked(self, event) -> None:
+        self.wire.advance(event.data["id"])
 
     def stop(self) -> defer.Deferred:
         """Stop the loops and let the users of this process go offline in Redis."""
         self.heartbeat.stop()
+        marks, self._marks = self._marks, None
+        if marks is not None and marks.running:
+            marks.stop()
+        if self._mark_sink is not None:
+            self.bus.unsubscribe(self._mark_topic, self._mark_sink)
+            self._mark_sink = None
         self.flush_metrics()
         self.factory.stopFactory()
         return defer.ensureDeferred(self._part())

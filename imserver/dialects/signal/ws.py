@@ -109,10 +109,12 @@ class SignalWire:
     dialect never negotiates compression, so a frame is header + UTF-8.
     """
 
-    # the id of the last message event received through Redis: ids increase
+    # the id up to which nothing was lost on the pub/sub link: the last
+    # message event received through Redis, or a later mark (SignalDialect
+    # publishes the message clock to itself every few seconds). Ids increase
     # in the order Redis publishes them, so after a lost link everything
-    # later was missed (direct messages this process delivered itself, from
-    # the script's reply, are not counted: the link cannot have lost them)
+    # later may be missing. Direct messages this process delivered itself,
+    # from the script's reply, do not count: the link cannot have lost them.
     watermark = ""
 
     def encode_event(self, event):
@@ -122,6 +124,11 @@ class SignalWire:
                 self.watermark = event.data["id"]
             return Frame(text_frame(out.encode("utf-8")))
         return out
+
+    def advance(self, message_id: str) -> None:
+        """A mark came through Redis: nothing up to ``message_id`` was missed."""
+        if not self.watermark or _id_key(message_id) > _id_key(self.watermark):
+            self.watermark = message_id
 
 
 def _error_code(exc: Exception) -> str:
