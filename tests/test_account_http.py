@@ -487,9 +487,9 @@ class GoldTests:
         sender, t = await make_user(srv, "13800000046", nickname="Fan")
         anchor, _ = await make_user(srv, "13800000047")
         got = defer.Deferred()
-        srv.core.bus.listen(f"user:{anchor}",
-                            lambda e: e.kind == "gift.received" and not got.called
-                            and got.callback(e))
+        await srv.core.bus.listen(f"user:{anchor}",
+                                  lambda e: e.kind == "gift.received" and not got.called
+                                  and got.callback(e)).ready
         await c.post("/golden", token=t, money="10", refill="1")
         await c.post("/golden", token=t, value="5", object=str(anchor), description="heart",
                      send_gift="1")

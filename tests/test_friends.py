@@ -168,8 +168,8 @@ class FriendsTests:
                         done.callback(None)
             return got
 
-        bus.listen(f"user:{a}", sink(a))
-        bus.listen(f"user:{b}", sink(b))
+        await bus.listen(f"user:{a}", sink(a)).ready
+        await bus.listen(f"user:{b}", sink(b)).ready
         await friends.request(a, b)
         await friends.accept(b, a)
         await friends.remove(a, b)

@@ -322,11 +322,7 @@ class Events:
 
     async def listen(self, *topics):
         for topic in topics:
-            self.bus.listen(topic, self.events.append)
-            while not any(e.kind == "test.ready" for e in self.events):
-                await self.bus.publish(topic, "test.ready", {})
-                await deferLater(reactor, 0.02, lambda: None)
-            self.events.clear()
+            await self.bus.listen(topic, self.events.append).ready
         return self
 
     async def wait(self, n, timeout=3.0):

@@ -223,7 +223,7 @@ async def test_post_stores_then_publishes(rooms, bus):
         if event.kind == "room.message":
             seen.append(defer.ensureDeferred(rooms.history("R", 1)))
 
-    bus.listen("room:R", on_event)
+    await bus.listen("room:R", on_event).ready
     msg = await rooms.post("R", user(1), "hello", dialect="chatroom", conn_id="c1",
                            extra={"k": "v"})
     deadline = reactor.seconds() + 3

@@ -155,7 +155,7 @@ class WalletTests:
         """The anchor's topic user:<id> receives gift.received with the gift."""
         a, b = await _users(accounts)
         got = defer.Deferred()
-        bus.listen(f"user:{b.id}", lambda e: got.called or got.callback(e))
+        await bus.listen(f"user:{b.id}", lambda e: got.called or got.callback(e)).ready
         await wallet.refill(a.id, 10)
         r = await wallet.send_gift(a, b.id, 5, "kiss")
         got.addTimeout(5, reactor)
