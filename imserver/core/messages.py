@@ -92,7 +92,7 @@ GROUP = "group"
 KINDS = frozenset({"text", "emotion", "picture", "audio", "video"})
 
 ONLINE = "on"                           # the offline mark while the user is online
-_PAIR_KEYS_KEPT = 50_000                # sender/recipient pairs whose keys are kept
+_PAIR_KEYS_KEPT = 4096                  # sender/recipient pairs whose keys are kept (~850 B each)
 
 
 class NotMember(Forbidden):
