@@ -18,6 +18,12 @@ async def make_user(server, **kw):
     return str(user.id), token.token
 
 
+async def two_processes(start_server, users: int = 2):
+    """Two imserver processes on one Redis, and users registered through the first."""
+    one, two = await start_server(), await start_server()
+    return one, two, [await make_user(one) for _ in range(users)]
+
+
 async def login(ws_connect, url, uid, token, path="/entry"):
     conn = await ws_connect(url + path)
     conn.send(f"login_{uid}_{token}")
@@ -372,10 +378,7 @@ class TwoProcessTests:
     @pytest_twisted.ensureDeferred
     async def test_direct_exchange_across_processes(self, start_server, ws_connect):
         """Users on two imserver processes sharing one Redis exchange messages both ways."""
-        one = await start_server()
-        two = await start_server()
-        a, ta = await make_user(one)
-        b, tb = await make_user(one)
+        one, two, ((a, ta), (b, tb)) = await two_processes(start_server)
         ca = await login(ws_connect, one.ws_url, a, ta)
         cb = await login(ws_connect, two.ws_url, b, tb)
         ca.send(f"text_{b}_across_the_processes_unicast_e")
@@ -387,16 +390,12 @@ class TwoProcessTests:
         cb.send(f"text_{group.id}_group across_group_e")
         assert fields(await ca.recv())[2:5] == ("group across", "group", group.id)
 
-
     @pytest_twisted.ensureDeferred
     async def test_devices_on_both_processes_get_each_message_once(self, start_server,
                                                                   ws_connect):
         """Devices of both users on two processes: each gets every message once, in order,
         whether its process delivered it itself or heard it through Redis."""
-        one = await start_server()
-        two = await start_server()
-        a, ta = await make_user(one)
-        b, tb = await make_user(one)
+        one, two, ((a, ta), (b, tb)) = await two_processes(start_server)
         a1 = await login(ws_connect, one.ws_url, a, ta)
         a2 = await login(ws_connect, two.ws_url, a, ta)
         b1 = await login(ws_connect, one.ws_url, b, tb)
@@ -435,8 +434,7 @@ class RepairTests:
         """After its pub/sub link comes back, a process's sessions get what other processes
         stored meanwhile, once and in order; what the process delivered itself meanwhile
         (direct messages between its own users) is not repeated."""
-        one, two = await start_server(), await start_server()
-        (a, ta), (b, tb), (c, tc) = [await make_user(one) for _ in range(3)]
+        one, two, ((a, ta), (b, tb), (c, tc)) = await two_processes(start_server, 3)
         ca = await login(ws_connect, one.ws_url, a, ta)
         cb = await login(ws_connect, two.ws_url, b, tb)
         cc = await login(ws_connect, two.ws_url, c, tc)
@@ -462,8 +460,7 @@ class RepairTests:
                                                                 ws_connect, cut_bus_link):
         """A process that had received no message through Redis when its link dropped still
         repairs: its marks (the message clock, sent to itself) gave it a position."""
-        one, two = await start_server(), await start_server()
-        (a, ta), (b, tb) = [await make_user(one) for _ in range(2)]
+        one, two, ((a, ta), (b, tb)) = await two_processes(start_server)
         ca = await login(ws_connect, one.ws_url, a, ta)
         cb = await login(ws_connect, two.ws_url, b, tb)
         wire = signal_dialect(two).wire
