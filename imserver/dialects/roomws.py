@@ -48,7 +48,15 @@ class RoomSession(BoundedSession):
     """The session side; mixed in before ``WebSocketServerProtocol``.
 
     The factory provides ``rooms``, ``presence``, ``bus``, ``reactor`` and
-    ``sessions`` (a set). ``log_name`` names the dialect in log lines.
+    ``sessions`` (a set). ``log_name`` names the dialect in log lines. The
+    dialect's class defines:
+
+    - ``async _open()``: the first step of every connection (registering
+      its presence), queued by its ``onOpen`` with :meth:`_enqueue`;
+    - ``_frame_failed(request)``: answer a request whose handler raised, in
+      the dialect's form;
+    - ``_show(event, wire)``: write a room push its client should see (the
+      dialect's filter).
     """
 
     log_name = "?"
@@ -91,24 +99,12 @@ class RoomSession(BoundedSession):
         self._chain.addErrback(failed)
         self._chain.addBoth(done)
 
-    def _frame_failed(self, request) -> None:
-        """Answer a request whose handler raised, in the dialect's form."""
-        raise NotImplementedError
-
-    async def _open(self) -> None:
-        """The first step of every connection (registering its presence)."""
-        raise NotImplementedError
-
     # -- room pushes --------------------------------------------------------------
 
     def deliver(self, event, wire) -> None:
         if self.closed or not self.feed.admit(event, wire):
             return
         self._show(event, wire)
-
-    def _show(self, event, wire) -> None:
-        """Write a room push this session's client should see (the dialect's filter)."""
-        raise NotImplementedError
 
     def catch_up(self, resync) -> None:
         """The bus link came back: hold pushes, then show what was missed (in frame order)."""
