@@ -731,12 +731,17 @@ class Rooms:
 
     async def _load(self, roster: "Roster", subscribed) -> None:
         await subscribed  # events from now on reach the roster: none is missed
+        await self._reload(roster)
+
+    async def _reload(self, roster: "Roster") -> tuple[int, int, dict]:
+        """Read the room's membership into its roster; returns what was read."""
         try:
-            seq, _, conns = await self._read_roster(roster.room)
+            seq, population, conns = await self._read_roster(roster.room)
         except Exception:
             roster.failed()
             raise
         roster.load(seq, conns)
+        return seq, population, conns
 
     def resync(self) -> defer.Deferred:
         """
@@ -773,12 +778,7 @@ class Rooms:
 
     async def _resync_room(self, roster: "Roster") -> "RosterChange | None":
         before = roster.begin()
-        try:
-            seq, population, conns = await self._read_roster(roster.room)
-        except Exception:
-            roster.failed()
-            raise
-        roster.load(seq, conns)
+        seq, population, conns = await self._reload(roster)
         if before is None:
             return None  # never loaded: nothing to compare with
         return RosterChange(roster.room, seq,
