@@ -11,11 +11,14 @@ Shared fixtures: a real redis-server, real core objects, real servers, real clie
 - ``ws_connect(url)``: a real Autobahn WebSocket client.
 - ``cut_bus_link(server)``: Redis drops a server's pub/sub link until the
   test restores it.
+- ``until(predicate)`` (``from conftest import until``): poll a plain or
+  async predicate on the reactor until it holds.
 - ``http``: JSON helpers over real ``treq``.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -194,6 +197,24 @@ async def server(start_server):
     yield await start_server()
 
 
+async def until(predicate, timeout: float = 8.0, interval: float = 0.02) -> None:
+    """Wait until ``predicate()`` (plain, or returning an awaitable) is true.
+
+    For conditions no event announces (a record written, a counter moved);
+    AssertionError after ``timeout`` seconds.
+    """
+    deadline = reactor.seconds() + timeout
+    while True:
+        ok = predicate()
+        if inspect.isawaitable(ok):
+            ok = await ok
+        if ok:
+            return
+        if reactor.seconds() > deadline:
+            raise AssertionError("condition not reached in time")
+        await deferLater(reactor, interval, lambda: None)
+
+
 class BusLinkCut:
     """A server's pub/sub link, dropped by Redis and kept down until :meth:`restore`.
 
@@ -220,11 +241,7 @@ class BusLinkCut:
         self.factory.startConnecting(
             endpoints.UNIXClientEndpoint(reactor, address) if kind == "unix"
             else endpoints.TCP4ClientEndpoint(reactor, *address))
-        deadline = reactor.seconds() + timeout
-        while not self.resynced:
-            if reactor.seconds() > deadline:
-                raise AssertionError("the bus did not resync")
-            await deferLater(reactor, 0.02, lambda: None)
+        await until(lambda: self.resynced, timeout)
 
 
 @pytest.fixture

@@ -16,6 +16,8 @@ from imserver.core.messages import (MESSAGE_EVENT, Messages, NotMember, TooFast,
 from imserver.store import keys
 from imserver.store.redis import Subscription
 
+from conftest import until
+
 
 @pytest.fixture
 def messages(store, bus):
@@ -76,12 +78,6 @@ async def settle():
     await deferLater(reactor, 0.1, lambda: None)
 
 
-async def until(predicate, timeout=5.0):
-    deadline = reactor.seconds() + timeout
-    while not predicate():
-        if reactor.seconds() > deadline:
-            raise AssertionError("condition not reached in time")
-        await deferLater(reactor, 0.01, lambda: None)
 
 
 class SendTests:

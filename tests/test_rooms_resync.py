@@ -18,18 +18,14 @@ from imserver.bus import Event
 from imserver.core.rooms import Member, Resync, RoomFeed, Rooms, RosterChange, id_key
 from imserver.store import keys
 
+from conftest import until
+
 
 async def wait_for(conn, pred, timeout=8.0):
     msg, skipped = await conn.recv_until(lambda raw: pred(json.loads(raw)), timeout)
     return json.loads(msg), [json.loads(s) for s in skipped]
 
 
-async def until(check, timeout=8.0):
-    deadline = reactor.seconds() + timeout
-    while not await check():
-        if reactor.seconds() > deadline:
-            raise AssertionError("condition not reached")
-        await deferLater(reactor, 0.02, lambda: None)
 
 
 async def collect(conn, n, within=8.0):

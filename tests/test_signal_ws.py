@@ -7,6 +7,8 @@ from twisted.internet.task import deferLater
 
 from imserver.store import keys
 
+from conftest import until
+
 _names = iter(range(10**9))
 
 
@@ -46,12 +48,6 @@ def fields(frame):
     return kind, sender, payload, type_, conv, int(timet), ext
 
 
-async def until(predicate, timeout=5.0):
-    deadline = reactor.seconds() + timeout
-    while not await predicate():
-        if reactor.seconds() > deadline:
-            raise AssertionError("condition not reached in time")
-        await deferLater(reactor, 0.05, lambda: None)
 
 
 def not_heartbeat(frame):
