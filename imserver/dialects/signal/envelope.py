@@ -29,18 +29,14 @@ class NoToken(CoreError):
     reason = "login required: pass a valid token"
 
 
+# the first class an exception is an instance of gives its code
+_CODES = ((NoToken, NO_TOKEN), (MediaTooLarge, TOO_LARGE), (InvalidInput, BAD_REQUEST),
+          (Forbidden, FORBIDDEN), (NotFound, NOT_FOUND), (RateLimited, TOO_MANY))
+
+
 def refusal_code(exc: Exception) -> int:
     """The envelope's code for a refusal (anything unexpected: try again)."""
-    if isinstance(exc, NoToken):
-        return NO_TOKEN
-    if isinstance(exc, MediaTooLarge):
-        return TOO_LARGE
-    if isinstance(exc, InvalidInput):
-        return BAD_REQUEST
-    if isinstance(exc, Forbidden):
-        return FORBIDDEN
-    if isinstance(exc, NotFound):
-        return NOT_FOUND
-    if isinstance(exc, RateLimited):
-        return TOO_MANY
+    for cls, code in _CODES:
+        if isinstance(exc, cls):
+            return code
     return UNAVAILABLE
