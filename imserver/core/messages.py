@@ -478,11 +478,9 @@ class Messages:
                 if data is None:
                     data = {"id": message_id, "k": entry[3], "f": sender, "t": to,
                             "y": UNICAST, "p": entry[4], "e": entry[5]}
-                try:
-                    bus.dispatch_here(Event(topic, MESSAGE_EVENT, data, conn_id,
-                                            origin=bus.process_id))
-                except Exception:
-                    log.failure("messages: delivering {id} here failed", id=message_id)
+                # (the bus isolates each sink's failure)
+                bus.dispatch_here(Event(topic, MESSAGE_EVENT, data, conn_id,
+                                        origin=bus.process_id))
 
     def publish_mark(self, topic: str) -> defer.Deferred:
         """Publish :data:`MARK_EVENT` with the last message id on ``topic``; fires with it."""
